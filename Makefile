@@ -1,0 +1,61 @@
+# clipes — every target installs what it needs first (into .venv) and runs from this folder.
+#   make demo            the pipeline on the bundled fixture
+#   make test            the test suite (CPU, minutes)
+#   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
+#   make bench-cams      speed of stage 1 against a plain forward pass
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+# TORCH=cpu installs the pinned CPU torch; TORCH=none keeps whatever torch the venv already sees
+# (create it with VENV_FLAGS=--system-site-packages to use your own CUDA build).
+TORCH ?= cpu
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.clipes-installed
+CLIPES := $(BIN)/clipes
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+# Options forwarded only when set, so the library's defaults stay the single source of truth.
+opt = $(if $(strip $(2)),$(1) "$(2)")
+
+.PHONY: install test demo cams bench-cams clean-demo help
+help:
+	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
+
+install: $(STAMP)
+$(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PIP) install -q "pip>=23.2,<26"
+ifeq ($(TORCH),cpu)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements/torch-cpu.txt -r requirements/base.txt
+else
+	$(PIP) install -q -r requirements/base.txt
+endif
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+DEMO_WORK ?= work/demo
+demo: install
+	$(CLIPES) cams --dataset voc12 --data-root tests/data/public-small --split tests/data/public-small/split.txt \
+	  --clip tests/data/public-small/clip.pt --work $(DEMO_WORK)
+	@echo "demo: CAMs written to $(DEMO_WORK)/cams (one .npz per image, manifest.json beside them)"
+
+cams: install
+	$(CLIPES) cams $(call opt,--dataset,$(DATASET)) $(call opt,--data-root,$(DATA_ROOT)) \
+	  $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) $(call opt,--work,$(WORK)) \
+	  $(call opt,--device,$(DEVICE)) $(call opt,--batch,$(BATCH)) $(call opt,--jobs,$(JOBS)) \
+	  $(call opt,--shard,$(SHARD)) $(call opt,--prompt,$(PROMPT)) $(call opt,--classes,$(CLASSES)) \
+	  $(call opt,--background,$(BACKGROUND)) $(call opt,--labels,$(LABELS)) $(call opt,--synonyms,$(SYNONYMS)) \
+	  $(ARGS)
+
+BENCH_ARGS ?=
+bench-cams: install
+	$(BIN)/python benchmarks/bench_cams.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+clean-demo:
+	rm -rf $(DEMO_WORK)

@@ -1,0 +1,123 @@
+"""Dense access to the image tower of an unmodified OpenAI CLIP ViT.
+
+clip's ``VisionTransformer.forward`` only accepts the pretraining resolution and returns the CLS
+feature. This wrapper reuses its modules as they are and adds what the CAM and affinity stages
+need: any input size (positional embedding interpolated to the patch grid), patch tokens, and
+per-block attention probabilities. Tensors run in clip's sequence-first layout ``[T, B, C]``
+(T = 1 + h*w tokens, CLS first).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DenseViT(nn.Module):
+    """Image tower of a CLIP ViT with dense outputs at any input size.
+
+    Args:
+        visual: ``clip.model.VisionTransformer`` (used unmodified).
+        fp16_pos_embed: round the interpolated positional table to fp16, as the reference does
+            even in fp32 (its default quirk).
+    """
+
+    def __init__(self, visual: nn.Module, fp16_pos_embed: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.fp16_pos_embed = fp16_pos_embed
+        self.patch_size = int(visual.conv1.kernel_size[0])
+        self.width = int(visual.conv1.out_channels)
+        self.blocks = visual.transformer.resblocks
+        self.num_heads = int(self.blocks[0].attn.num_heads)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (h, w) of an input of ``height x width`` pixels (multiples of the patch)."""
+        return height // self.patch_size, width // self.patch_size
+
+    def positional_embedding(self, h: int, w: int) -> torch.Tensor:
+        """Positional table for an ``h x w`` grid: ``[1 + h*w, C]``, CLS row first.
+
+        The pretrained square grid is resized bilinearly (align_corners=False); the result is cached
+        per grid size.
+        """
+        table = self.visual.positional_embedding
+        key = (h, w, table.device, table.dtype)
+        cached = self._pos_cache.get(key)
+        if cached is not None:
+            return cached
+        cls_row, grid_rows = table[:1], table[1:]
+        side = round(grid_rows.shape[0] ** 0.5)
+        grid = grid_rows.t().reshape(1, -1, side, side)  # [1, C, s, s]
+        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
+        out = torch.cat([cls_row, grid.reshape(grid.shape[1], h * w).t()], dim=0)  # [1+h*w, C]
+        if self.fp16_pos_embed:
+            out = out.half().to(table.dtype)
+        self._pos_cache[key] = out
+        return out
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + CLS + positional table + ln_pre.
+
+        Args:
+            images: ``[B, 3, H, W]`` normalised, H and W multiples of the patch size.
+
+        Returns:
+            Tokens ``[T, B, C]`` ready for the first block.
+        """
+        visual = self.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))  # [B, C, h, w]
+        b, c, h, w = x.shape
+        x = x.reshape(b, c, h * w).permute(0, 2, 1)  # [B, N, C]
+        cls = visual.class_embedding.to(x.dtype) + torch.zeros(b, 1, c, dtype=x.dtype, device=x.device)
+        x = torch.cat([cls, x], dim=1)  # [B, T, C]
+        x = x + self.positional_embedding(h, w).to(x.dtype)
+        x = visual.ln_pre(x)
+        return x.permute(1, 0, 2)  # [T, B, C]
+
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Blocks ``start..stop-1`` exactly as clip runs them (no attention weights kept)."""
+        for block in self.blocks[start:stop]:
+            x = block(x)
+        return x
+
+    @staticmethod
+    def block_with_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clip residual block that also returns head-averaged attention probabilities.
+
+        Args:
+            block: a ``clip.model.ResidualAttentionBlock``.
+            x: ``[T, B, C]``.
+
+        Returns:
+            ``(x_out [T, B, C], attention [B, T, T])``, rows are queries.
+        """
+        a = block.ln_1(x)
+        out, attn = block.attn(a, a, a, need_weights=True, average_attn_weights=True)
+        x = x + out
+        x = x + block.mlp(block.ln_2(x))
+        return x, attn
+
+    def run_blocks_with_attention(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list]:
+        """Like :meth:`run_blocks` but also returns each block's ``[B, T, T]`` attention."""
+        maps = []
+        for block in self.blocks[start:stop]:
+            x, attn = self.block_with_attention(block, x)
+            maps.append(attn)
+        return x, maps
+
+    @torch.no_grad()
+    def plain_forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Gradient-free forward of the whole tower to the projected CLS feature ``[B, D]``.
+
+        This is the yardstick the benchmark compares the CAM cost against.
+        """
+        x = self.run_blocks(self.embed(images), 0, self.num_layers)
+        x = self.visual.ln_post(x[0])
+        return x @ self.visual.proj

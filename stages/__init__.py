@@ -1,0 +1,1 @@
+"""Thin command-line entry points over the ``clipes`` library, one module per stage."""

@@ -1,0 +1,48 @@
+"""The ``clipes`` command: a click group with one subcommand per stage.
+
+User errors (:class:`clipes.errors.UserError`) print one line and exit with status 2; a stage
+that finished with failed items exits with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from clipes.errors import UserError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clipes")
+def main():
+    """clipes: weakly supervised semantic segmentation with a frozen CLIP."""
+
+
+def only_set(**options) -> dict:
+    """Keep the options the user gave (click passes None for the rest), so library defaults rule."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _register():
+    from stages import cams
+
+    main.add_command(cams.cams)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()
