@@ -7,7 +7,8 @@ optionally with ``module.`` prefixes). The architecture is inferred from tensor 
 ``build_model`` (heads = width // 64). Plain files are read with ``weights_only=True``: a file that
 would need arbitrary unpickling is refused, never executed.
 
-The model is returned in fp32 holding the checkpoint's values, as the reference runs on CPU.
+The model is returned in fp32 holding the checkpoint's values, as the reference runs on CPU. (An
+fp32 checkpoint keeps its fp32 values; clip's own ``load`` would round them through fp16.)
 """
 
 from __future__ import annotations
@@ -186,8 +187,12 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", download_ro
         raise UserError(f"{path}: widths below 64 give zero attention heads under OpenAI's rule")
     clip = import_clip()
     try:
-        model = clip.model.build_model(state)
+        model = clip.model.build_model(dict(state)).float()
+        # build_model casts to fp16 before loading; load again so fp32 checkpoints keep their values
+        # (fp16 ones are unchanged: every fp16 value is exact in fp32).
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own})
     except Exception as exc:
         raise UserError(f"{path} is not a loadable CLIP checkpoint: {type(exc).__name__}: {exc}") from None
-    model = model.float().eval().requires_grad_(False).to(device)
+    model = model.eval().requires_grad_(False).to(device)
     return LoadedClip(model=model, path=path, sha256=file_sha256(path), config=config)

@@ -1,0 +1,62 @@
+"""Shared fixtures: the public golden fixture and tiny CLIP checkpoints in OpenAI's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clipes.compat import import_clip
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "public-small"
+GOLDEN_IDS = GOLDEN.joinpath("split.txt").read_text().split()
+
+
+def make_tiny_clip(seed: int = 0, width: int = 128, layers: int = 3, grid: int = 4, patch: int = 16,
+                   embed_dim: int = 32, text_width: int = 64, text_layers: int = 2):
+    """A random CLIP ViT built by OpenAI's own class (heads = width // 64)."""
+    clip = import_clip()
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(embed_dim, grid * patch, layers, width, patch, 77, 49408, text_width,
+                            text_width // 64, text_layers)
+    return model.eval()
+
+
+def save_state_dict(model, path: Path, half: bool = True) -> Path:
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_ids():
+    assert GOLDEN_IDS, "the golden split lists no images"
+    return GOLDEN_IDS
+
+
+@pytest.fixture(scope="session")
+def golden_clip():
+    from clipes.clip_loader import load_clip
+
+    return load_clip(str(GOLDEN / "clip.pt"))
+
+
+@pytest.fixture(scope="session")
+def golden_debug():
+    """Per-id reference debug arrays (ref_debug/<id>.npz) as dicts."""
+    out = {}
+    for image_id in GOLDEN_IDS:
+        with np.load(GOLDEN / "ref_debug" / f"{image_id}.npz", allow_pickle=False) as data:
+            out[image_id] = {k: data[k] for k in data.files}
+    assert out
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Path of a tiny fp16 OpenAI-format state dict."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    return save_state_dict(make_tiny_clip(), path)
