@@ -95,12 +95,10 @@ class CamResult:
     weights: torch.Tensor
 
 
-def _layer_norm_parts(ln: torch.nn.LayerNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised input ``x_hat`` and ``sigma`` of a LayerNorm, for its backward."""
-    mean = x.mean(dim=-1, keepdim=True)
-    var = x.var(dim=-1, unbiased=False, keepdim=True)
-    sigma = (var + ln.eps).sqrt()
-    return (x - mean) / sigma, sigma
+def _layer_norm_with_stats(ln: torch.nn.LayerNorm, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """LayerNorm output with its per-token mean and 1/sigma, ``[..., C], [..., 1], [..., 1]``."""
+    out, mean, rstd = torch.native_layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    return out, mean, rstd
 
 
 class LastBlockPass:
@@ -125,16 +123,17 @@ class LastBlockPass:
         q, k, v = qkv.view(b, t, 3, heads, d).permute(2, 0, 3, 1, 4)  # each [B, H, T, d]
         self.q_scaled = q * (1.0 / d) ** 0.5
         self.k, self.v = k, v
-        self.probs = (self.q_scaled @ k.transpose(-2, -1)).softmax(dim=-1)  # P: [B, H, T, T]
+        self.probs = torch.softmax(self.q_scaled @ k.transpose(-2, -1), dim=-1)  # P: [B, H, T, T]
         self.heads_out = self.probs @ v  # O: [B, H, T, d]
         merged = self.heads_out.permute(0, 2, 1, 3).reshape(b, t, c)
-        h = x + attn.out_proj(merged)  # [B, T, C]
-        self.ln2_hat, self.ln2_sigma = _layer_norm_parts(block.ln_2, h)
-        self.fc = block.mlp.c_fc(block.ln_2(h))  # z: [B, T, 4C]
+        self.h = x + attn.out_proj(merged)  # [B, T, C]
+        ln2_out, self.ln2_mean, self.ln2_rstd = _layer_norm_with_stats(block.ln_2, self.h)
+        self.fc = block.mlp.c_fc(ln2_out)  # z: [B, T, 4C]
         self.gate = torch.sigmoid(1.702 * self.fc)
-        y = h + block.mlp.c_proj(self.fc * self.gate)  # [B, T, C]
-        self.post_hat, self.post_sigma = _layer_norm_parts(self.visual.ln_post, y)
-        self.pooled = self.visual.ln_post(y)[:, 1:].mean(dim=1)  # [B, C]
+        self.act = self.fc * self.gate  # QuickGELU(z)
+        self.y = self.h + block.mlp.c_proj(self.act)  # [B, T, C]
+        post, self.post_mean, self.post_rstd = _layer_norm_with_stats(self.visual.ln_post, self.y)
+        self.pooled = post[:, 1:].mean(dim=1)  # [B, C]
 
     def mean_activation_grad(self, i: int, d_pooled: torch.Tensor) -> torch.Tensor:
         """Spatial mean over patch tokens of d(target)/dA for image ``i`` and K targets.
@@ -149,34 +148,39 @@ class LastBlockPass:
         block, visual = self.block, self.visual
         heads, d = self.heads, self.head_dim
         kk, c = d_pooled.shape
-        post_hat, post_sigma = self.post_hat[i, 1:], self.post_sigma[i, 1:]  # [N, C], [N, 1]
+        post_rstd = self.post_rstd[i, 1:]  # 1/sigma: [N, 1]
+        post_hat = (self.y[i, 1:] - self.post_mean[i, 1:]) * post_rstd  # [N, C]
         n = post_hat.shape[0]
         # ln_post + mean over patches: dy_n = (v - mean v - x_n * <v, x_n>/C) / sigma_n, same v for all n.
         v = d_pooled * visual.ln_post.weight / n  # [K, C]
         v_mean = v.mean(dim=-1)  # [K]
         v_dot = post_hat @ v.t() / c  # [N, K]
-        dy = (v[None] - v_mean[None, :, None] - v_dot[..., None] * post_hat[:, None]) / post_sigma[..., None]
+        dy = (v - v_mean[:, None])[None] - v_dot[..., None] * post_hat[:, None]
+        dy.mul_(post_rstd[..., None])  # [N, K, C]
         # c_proj backward by linearity: only post_hat @ W2 is per token, shared by all classes;
         # QuickGELU' and 1/sigma are folded into it, so each class costs two passes over [N, 4C].
         w2 = block.mlp.c_proj.weight  # [C, 4C]
-        fc, gate = self.fc[i, 1:], self.gate[i, 1:]  # [N, 4C]
-        slope = gate * (1.0 + 1.702 * fc * (1.0 - gate)) / post_sigma  # QuickGELU'(z) / sigma_n
-        shared = (post_hat @ w2) * slope  # [N, 4C]
+        gate = self.gate[i, 1:]  # [N, 4C]
+        slope = torch.addcmul(gate, self.act[i, 1:], 1.0 - gate, value=1.702).mul_(post_rstd)  # QuickGELU'/sigma
+        shared = (post_hat @ w2).mul_(slope)  # [N, 4C]
         base = v @ w2 - v_mean[:, None] * w2.sum(dim=0)  # [K, 4C]
         d_fc = base[None] * slope[:, None]  # [N, K, 4C]
         d_fc.addcmul_(v_dot[..., None], shared[:, None], value=-1.0)
-        d_ln2 = (d_fc @ block.mlp.c_fc.weight) * block.ln_2.weight  # [N, K, C]
-        ln2_hat, ln2_sigma = self.ln2_hat[i, 1:], self.ln2_sigma[i, 1:]
-        dh = dy + (d_ln2 - d_ln2.mean(dim=-1, keepdim=True)
-                   - ln2_hat[:, None] * (d_ln2 * ln2_hat[:, None]).mean(dim=-1, keepdim=True)) / ln2_sigma[..., None]
+        d_ln2 = (d_fc @ block.mlp.c_fc.weight).mul_(block.ln_2.weight)  # [N, K, C]
+        ln2_rstd = self.ln2_rstd[i, 1:]
+        ln2_hat = (self.h[i, 1:] - self.ln2_mean[i, 1:]) * ln2_rstd  # [N, C]
+        correction = d_ln2.mean(dim=-1, keepdim=True) + ln2_hat[:, None] * (d_ln2 * ln2_hat[:, None]).mean(dim=-1, keepdim=True)
+        dh = dy.add_(d_ln2.sub_(correction).mul_(ln2_rstd[..., None]))  # [N, K, C]
         # Attention. G: gradient at each head's output for query rows 1..N (the CLS row gets none).
         g = (dh @ block.attn.out_proj.weight).view(n, kk, heads, d).permute(2, 0, 1, 3)  # [H, N, K, d]
         probs, v_heads = self.probs[i], self.v[i]  # [H, T, T], [H, T, d]
         p_rows = probs[:, 1:]  # [H, N, T]
         r = (g * self.heads_out[i][:, 1:, None]).sum(dim=-1)  # <G_n, O_n>: [H, N, K]
         sum_dv = torch.einsum("hn,hnkd->hkd", 1.0 - p_rows[..., 0], g)  # sum over patch keys of dV
-        pt_g = torch.bmm(p_rows.transpose(1, 2), g.reshape(heads, n, kk * d)).view(heads, -1, kk, d)  # P^T G
-        col = (v_heads[:, :, None] * pt_g).sum(dim=-1) - torch.bmm(p_rows.transpose(1, 2), r)  # [H, T, K]
+        # One pass over P for P^T G and P^T r.
+        stacked = torch.bmm(p_rows.transpose(1, 2), torch.cat([g.reshape(heads, n, kk * d), r], dim=-1))
+        pt_g, pt_r = stacked[..., :kk * d].view(heads, -1, kk, d), stacked[..., kk * d:]  # [H, T, K, d], [H, T, K]
+        col = (v_heads[:, :, None] * pt_g).sum(dim=-1) - pt_r  # column sums of dS over patch rows: [H, T, K]
         sum_dq = torch.bmm(col.transpose(1, 2), self.k[i]) * (1.0 / d) ** 0.5  # [H, K, d]
         ds_cls = p_rows[..., :1] * ((g * v_heads[:, :1, None]).sum(dim=-1) - r)  # dS[:, 0]: [H, N, K]
         sum_dk = -torch.bmm(ds_cls.transpose(1, 2), self.q_scaled[i, :, 1:])  # [H, K, d]
