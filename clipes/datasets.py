@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipes.errors import InputError, UserError
+from clipes.fsutil import read_lines
 from clipes.prompts import ClassList
 
 DATASETS = ("voc12", "coco14", "custom")
@@ -34,17 +35,9 @@ def read_split(path: Path) -> list[tuple[str, list[str]]]:
         UserError: missing, unreadable or empty file, or an id listed twice.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"split file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read split file {path}: {exc}") from None
     rows, seen = [], {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in read_lines(path, "split file"):
         tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
         image_id = tokens[0]
         if "/" in image_id:
             image_id = Path(image_id).stem
@@ -52,8 +45,6 @@ def read_split(path: Path) -> list[tuple[str, list[str]]]:
             raise UserError(f"{path}:{n}: image id {image_id} already listed on line {seen[image_id]}")
         seen[image_id] = n
         rows.append((image_id, tokens[1:]))
-    if not rows:
-        raise UserError(f"split file {path} lists no images")
     return rows
 
 

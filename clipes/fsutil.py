@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from clipes.errors import UserError
+
 TMP_MARK = ".tmp-"
 
 
@@ -84,3 +86,27 @@ def folder_lock(folder: Path, timeout_s: float = 120.0):
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+
+
+def read_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """Numbered content lines of a UTF-8 text file: blank lines and ``#`` comments skipped.
+
+    Args:
+        path: the file.
+        what: how messages name it, e.g. ``"split file"``.
+
+    Raises:
+        UserError: missing, unreadable or without content lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {what} {path}: {exc}") from None
+    rows = [(n, line.rstrip("\r\n")) for n, line in enumerate(text.splitlines(), 1)]
+    rows = [(n, line) for n, line in rows if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise UserError(f"{what} {path} is empty")
+    return rows

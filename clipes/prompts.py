@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from clipes.errors import UserError
+from clipes.fsutil import read_lines
 
 DEFAULT_TEMPLATE = "a clean origami {}."
 BUILTIN = {"voc12", "coco14"}
@@ -39,25 +40,10 @@ def builtin_path(filename: str) -> Path:
     return Path(str(resources.files("prompts").joinpath(filename)))
 
 
-def _lines(path: Path, what: str) -> list[tuple[int, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what} {path}: {exc}") from None
-    rows = [(n, line.rstrip("\r\n")) for n, line in enumerate(text.splitlines(), 1)]
-    rows = [(n, line) for n, line in rows if line.strip() and not line.lstrip().startswith("#")]
-    if not rows:
-        raise UserError(f"{what} {path} is empty")
-    return rows
-
-
 def load_class_file(path: Path) -> ClassList:
     """Read a class file (see module docstring)."""
     names, prompts = [], []
-    for n, line in _lines(path, "class file"):
+    for n, line in read_lines(path, "class file"):
         name, _, prompt = line.partition("\t")
         name, prompt = name.strip(), prompt.strip() or name.strip()
         if any(ch.isspace() for ch in name):
@@ -71,13 +57,13 @@ def load_class_file(path: Path) -> ClassList:
 
 def load_background_file(path: Path) -> list[str]:
     """Read a background file: one prompt string per line."""
-    return [line.strip() for _, line in _lines(path, "background file")]
+    return [line.strip() for _, line in read_lines(path, "background file")]
 
 
 def load_template_file(path: Path) -> list[str]:
     """Read a template file; every template must contain ``{}`` exactly once."""
     templates = []
-    for n, line in _lines(path, "template file"):
+    for n, line in read_lines(path, "template file"):
         check_template(line.strip(), f"{path}:{n}")
         templates.append(line.strip())
     return templates
