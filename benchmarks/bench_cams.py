@@ -28,7 +28,7 @@ from PIL import Image
 
 from clipes.clip_loader import load_clip
 from clipes.compat import import_clip
-from clipes.gradcam import LastBlockPass, SoftmaxTarget, minmax_normalize, softmax_gradcam
+from clipes.gradcam import LastBlockPass, SoftmaxTarget, autograd_weights, cam_from_weights, softmax_gradcam
 from clipes.images import load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.text import encode_prompts
@@ -72,23 +72,13 @@ def timed(fn, device):
 
 def reference_style(vit: DenseViT, images, fg, bg, logit_scale):
     """The original code's schedule: attention kept in every block, last block re-run per label."""
-    block, visual = vit.blocks[-1], vit.visual
     with torch.no_grad():
         x, _ = vit.run_blocks_with_attention(vit.embed(images), 0, vit.num_layers - 1)
-    target = SoftmaxTarget(fg, bg, logit_scale, visual.proj)
+    target = SoftmaxTarget(fg, bg, logit_scale, vit.visual.proj)
     h, w = vit.grid(images.shape[-2], images.shape[-1])
-    cams = []
-    for k in range(fg.shape[0]):  # one last-block forward (with attention weights) + backward per label
-        with torch.enable_grad():
-            activation = block.ln_1(x).detach().requires_grad_(True)
-            out = x + block.attn(activation, activation, activation, need_weights=True)[0]
-            out = out + block.mlp(block.ln_2(out))
-            scores = target(visual.ln_post(out)[1:, 0].mean(dim=0))
-            grad = torch.autograd.grad(scores[k], activation)[0]
-        weights = grad[1:, 0].mean(dim=0)
-        cam = torch.relu(activation.detach()[1:, 0] @ weights).reshape(1, h, w)
-        cams.append(minmax_normalize(minmax_normalize(cam)))
-    return cams
+    activation = vit.blocks[-1].ln_1(x[1:, 0])  # [N, C]
+    # one last-block forward (with attention weights) + backward per label
+    return [cam_from_weights(autograd_weights(vit, x, target, [k])[1], activation, h, w) for k in range(fg.shape[0])]
 
 
 def breakdown(vit: DenseViT, images, fg, bg, logit_scale, device):
@@ -101,8 +91,7 @@ def breakdown(vit: DenseViT, images, fg, bg, logit_scale, device):
         parts["scores + d(score)/d(feature)"], (_, dpooled) = timed(lambda: target.scores_and_grads(last.pooled[0]), device)
         parts["analytic gradient, all labels"], weights = timed(lambda: last.mean_activation_grad(0, dpooled), device)
         h, w = vit.grid(images.shape[-2], images.shape[-1])
-        parts["ReLU + normalise"], _ = timed(lambda: minmax_normalize(minmax_normalize(
-            torch.relu(weights @ last.activation[0, 1:].t()).reshape(-1, h, w))), device)
+        parts["ReLU + normalise"], _ = timed(lambda: cam_from_weights(weights, last.activation[0, 1:], h, w), device)
     return parts
 
 

@@ -46,6 +46,20 @@ def minmax_normalize(cam: torch.Tensor, eps: float = CAM_EPS) -> torch.Tensor:
     return flat.reshape(cam.shape)
 
 
+def cam_from_weights(weights: torch.Tensor, activation: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """GradCAM maps from channel weights: ``ReLU(A @ w)`` on the grid, min-max normalised twice.
+
+    Args:
+        weights: ``[K, C]`` GradCAM weights.
+        activation: ``[N, C]`` patch-token activations, N = h * w.
+
+    Returns:
+        ``[K, h, w]`` maps in [0, 1) (twice normalised, as the reference's ``scale_cam_image``).
+    """
+    cam = torch.relu(weights @ activation.t())  # [K, N]
+    return minmax_normalize(minmax_normalize(cam.reshape(-1, h, w)))
+
+
 class SoftmaxTarget:
     """The CLIP-ES score head: pooled patch feature -> softmax over [present fg, background].
 
@@ -190,16 +204,20 @@ class LastBlockPass:
         return total / n
 
 
-def _autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference-style weights for one image: backward through the last block once per class.
+def autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget,
+                     classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference-style weights for one image: one last-block forward, one backward per class.
 
     Args:
         x: ``[T, 1, C]`` input of the last block.
+        target: the score head.
+        classes: indices of the present classes to differentiate (default: all of them).
 
     Returns:
-        ``(scores [K+Bg], weights [K, C])``.
+        ``(scores [K+Bg], weights [len(classes), C])``.
     """
     block, visual = vit.blocks[-1], vit.visual
+    classes = list(range(target.num_fg)) if classes is None else list(classes)
     with torch.enable_grad():
         activation = block.ln_1(x).detach().requires_grad_(True)  # [T, 1, C]
         out = block.attn(activation, activation, activation, need_weights=True)[0]
@@ -208,8 +226,8 @@ def _autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget) -> 
         pooled = visual.ln_post(y)[1:, 0].mean(dim=0)  # [C]
         scores = target(pooled)
         weights = []
-        for k in range(target.num_fg):
-            grad = torch.autograd.grad(scores[k], activation, retain_graph=k + 1 < target.num_fg)[0]
+        for j, k in enumerate(classes):
+            grad = torch.autograd.grad(scores[k], activation, retain_graph=j + 1 < len(classes))[0]
             weights.append(grad[1:, 0].mean(dim=0))
     return scores.detach(), torch.stack(weights)
 
@@ -263,9 +281,8 @@ def softmax_gradcam(
                 weights = last.mean_activation_grad(i, d_pooled)
                 activation = last.activation[i, 1:]  # [N, C]
             else:
-                scores, weights = _autograd_weights(vit, x[:, i:i + 1], target)
+                scores, weights = autograd_weights(vit, x[:, i:i + 1], target)
                 activation = vit.blocks[-1].ln_1(x[1:, i])  # [N, C]
-            cam = torch.relu(weights @ activation.t())  # [K, N]
-            cam = minmax_normalize(minmax_normalize(cam.reshape(-1, h, w)))
-            results.append(CamResult(cams=cam, scores=scores, weights=weights))
+            results.append(CamResult(cams=cam_from_weights(weights, activation, h, w), scores=scores,
+                                     weights=weights))
     return results
