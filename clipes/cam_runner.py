@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from clipes import camstore, manifest
+from clipes import attncache, camstore, manifest
 from clipes.clip_loader import load_clip
 from clipes.datasets import DATASETS, Dataset, open_dataset
 from clipes.errors import InputError, UserError
@@ -59,6 +59,9 @@ class CamOptions:
         fp16_pos_embed: the reference's fp16 rounding of the interpolated positional table.
         quirk_77_tokens: the reference's all-blocks path for images of exactly 76 patches.
         precision: ``fp32``; ``fp16``/``bf16`` autocast the frozen blocks (GPU only).
+        save_affinity: also cache each image's mean attention in ``<work>/attention`` for the
+            refine stage (about 2 * N**2 bytes per image, N patches).
+        affinity_layers: final blocks averaged into that cache (refine's default: 8).
         force: recompute everything, even in a folder made with other settings.
         progress: show a progress bar.
     """
@@ -82,6 +85,8 @@ class CamOptions:
     fp16_pos_embed: bool = True
     quirk_77_tokens: bool = True
     precision: str = "fp32"
+    save_affinity: bool = False
+    affinity_layers: int = 8
     force: bool = False
     progress: bool = True
 
@@ -97,9 +102,11 @@ class RunSummary:
     notes: dict = field(default_factory=dict)
     seconds: float = 0.0
     folder: Path | None = None
+    stage: str = "cams"
 
     def line(self) -> str:
-        return f"cams: {self.done} done, {self.already_done} already done, {self.failed} failed -> {self.folder}"
+        return (f"{self.stage}: {self.done} done, {self.already_done} already done, {self.failed} failed "
+                f"-> {self.folder}")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -264,12 +271,23 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
     identity = manifest.identity_of(_identity_fields(opts, classes, fg_prompts, bg_prompts, loaded.sha256))
     manifest.begin_run(folder, camstore.STAGE, header, identity, force=opts.force)
     remove_stale_temporaries(folder, older_than_s=0 if shard[1] == 1 else 3600)
+    attention_folder = Path(opts.work).expanduser() / attncache.STAGE
+    if opts.save_affinity:
+        if not 1 <= opts.affinity_layers <= vit.num_layers:
+            raise UserError(f"affinity layers must be in 1..{vit.num_layers}")
+        manifest.begin_run(attention_folder, attncache.STAGE,
+                           {"command": header["command"], "cams_identity": identity, "layers": opts.affinity_layers,
+                            "format": attncache.FORMAT},
+                           manifest.identity_of({"cams": identity, "layers": opts.affinity_layers}), force=opts.force)
+        remove_stale_temporaries(attention_folder, older_than_s=0 if shard[1] == 1 else 3600)
 
     fg_features = encode_prompts(model, list(classes.prompts), [template], opts.synonyms)  # [C, D]
     bg_features = encode_prompts(model, background, [template], opts.synonyms)  # [Bg, D]
 
     ids = dataset.ids[shard[0]::shard[1]]
     already = set() if opts.force else camstore.done_ids(folder) & set(ids)
+    if opts.save_affinity:
+        already &= attncache.done_ids(attention_folder)
     batches = [b for b in make_batches(dataset, ids, patch, batch_size)
                if not all(ids[i] in already for i in b)]
     summary = RunSummary(folder=folder, already_done=len(already))
@@ -280,7 +298,7 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
     loader = DataLoader(_Items(dataset, ids, patch), batch_sampler=batches, num_workers=jobs,
                         collate_fn=list, pin_memory=on_gpu)
     todo = sum(len(b) for b in batches) - sum(1 for b in batches for i in b if ids[i] in already)
-    bar = _progress(todo, opts.progress and todo > 0)
+    bar = progress_bar(todo, opts.progress and todo > 0, camstore.STAGE)
     succeeded = set(already)
     try:
         for batch in loader:
@@ -297,11 +315,14 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
                 results = softmax_gradcam(
                     vit, images, [fg_features[list(item.labels)] for item in good], bg_features,
                     model.logit_scale, method=opts.grad_method, quirk_77_tokens=opts.quirk_77_tokens,
-                    autocast=autocast)
+                    autocast=autocast, attention_layers=opts.affinity_layers if opts.save_affinity else 0)
                 for item, result in zip(good, results):
                     succeeded.add(item.image_id)
                     if item.image_id in already:
                         continue
+                    if result.attention is not None:
+                        attncache.write_attention(attncache.attention_path(attention_folder, item.image_id),
+                                                  result.attention.cpu().numpy(), tuple(result.cams.shape[1:]))
                     camstore.write_cam_file(camstore.cam_path(folder, item.image_id), item.labels,
                                             result.cams.float().cpu().numpy(), item.size)
                     summary.done += 1
@@ -318,11 +339,15 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
         with contextlib.suppress(Exception):
             manifest.end_run(folder, run, succeeded, summary.failures, summary.notes,
                              len(camstore.done_ids(folder)))
+            if opts.save_affinity:
+                manifest.end_run(attention_folder, run, succeeded, summary.failures, {},
+                                 len(attncache.done_ids(attention_folder)))
     echo(summary.line())
     return summary
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, desc: str):
+    """A tqdm bar in images/s (silent when not enabled)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc="cams")
+    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc=desc)

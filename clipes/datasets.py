@@ -68,16 +68,8 @@ class Dataset:
     _tokens: dict = field(default_factory=dict, repr=False)
 
     def image_path(self, image_id: str) -> Path:
-        """Existing image file of ``image_id``.
-
-        Raises:
-            InputError: no image file with a known extension.
-        """
-        for ext in IMAGE_EXTENSIONS:
-            candidate = self.image_dir / f"{image_id}{ext}"
-            if candidate.is_file():
-                return candidate
-        raise InputError(f"image not found: {self.image_dir / image_id}.jpg")
+        """Existing image file of ``image_id`` (see :func:`find_image`)."""
+        return find_image(self.image_dir, image_id)
 
     def labels(self, image_id: str) -> tuple[int, ...]:
         """0-based class indices of ``image_id``, first-appearance order, no duplicates.
@@ -120,6 +112,31 @@ class Dataset:
         return [(obj.findtext("name") or "").strip() for obj in root.iter("object")]
 
 
+def find_image(image_dir: Path, image_id: str) -> Path:
+    """The file ``<image_dir>/<image_id>.<ext>`` for the first known extension that exists.
+
+    Raises:
+        InputError: no image file with a known extension.
+    """
+    for ext in IMAGE_EXTENSIONS:
+        candidate = Path(image_dir) / f"{image_id}{ext}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"image not found: {Path(image_dir) / image_id}.jpg")
+
+
+def image_folder(name: str, data_root: Path, images_dir: str | None = None) -> Path:
+    """The existing image folder of a dataset: ``DATA_ROOT/<images_dir>`` (default ``JPEGImages``
+    for voc12, DATA_ROOT itself otherwise).
+
+    Raises:
+        UserError: DATA_ROOT or the image folder is missing.
+    """
+    root = _existing_dir(Path(data_root).expanduser(), "DATA_ROOT")
+    default_images = "JPEGImages" if name == "voc12" else ""
+    return _existing_dir(root / (images_dir if images_dir is not None else default_images), "image folder")
+
+
 def _existing_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{what} not found: {path}")
@@ -146,8 +163,7 @@ def open_dataset(name: str, data_root: Path, split: Path, classes: ClassList,
         raise UserError(f"unknown DATASET={name}; expected one of {', '.join(DATASETS)}")
     root = _existing_dir(Path(data_root).expanduser(), "DATA_ROOT")
     rows = read_split(Path(split).expanduser())
-    default_images = "JPEGImages" if name == "voc12" else ""
-    image_dir = _existing_dir(root / (images_dir if images_dir is not None else default_images), "image folder")
+    image_dir = image_folder(name, root, images_dir)
     tokens = {image_id: rest for image_id, rest in rows}
     annotation_dir = None
     if name == "voc12":

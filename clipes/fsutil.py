@@ -110,3 +110,24 @@ def read_lines(path: Path, what: str) -> list[tuple[int, str]]:
     if not rows:
         raise UserError(f"{what} {path} is empty")
     return rows
+
+
+def item_path(folder: Path, image_id: str, suffix: str) -> Path:
+    """``<folder>/<image_id><suffix>``, refusing ids that are not plain file names.
+
+    Raises:
+        InputError: the id contains a path separator or starts with a dot.
+    """
+    from clipes.errors import InputError
+
+    if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
+        raise InputError(f"image id {image_id!r} cannot be used as a file name")
+    return Path(folder) / f"{image_id}{suffix}"
+
+
+def ids_in(folder: Path, suffix: str) -> set[str]:
+    """Ids of the finished ``<id><suffix>`` files in ``folder`` (temporaries are hidden files)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return set()
+    return {p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".")}

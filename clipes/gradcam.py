@@ -19,6 +19,7 @@ Two ways to get the weights, equal up to float rounding:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,11 +103,14 @@ class CamResult:
         cams: ``[K, h, w]`` float32, normalised (spec section 4), row k for the k-th present class.
         scores: ``[K+Bg]`` softmax over present classes then background prompts.
         weights: ``[K, C]`` GradCAM channel weights.
+        attention: ``[N, N]`` mean attention of the last blocks over patch tokens (what CAA
+            needs), when asked for.
     """
 
     cams: torch.Tensor
     scores: torch.Tensor
     weights: torch.Tensor
+    attention: torch.Tensor | None = None
 
 
 def _layer_norm_with_stats(ln: torch.nn.LayerNorm, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -241,6 +245,7 @@ def softmax_gradcam(
     method: str = "analytic",
     quirk_77_tokens: bool = True,
     autocast: Callable | None = None,
+    attention_layers: int = 0,
 ) -> list[CamResult]:
     """Softmax-GradCAM for a batch of same-size images, all classes from one forward pass.
 
@@ -254,6 +259,8 @@ def softmax_gradcam(
         quirk_77_tokens: reproduce the reference's text-length test: an image with exactly 77
             tokens runs all blocks before the (repeated) last block.
         autocast: optional context-manager factory for reduced precision in the no-grad blocks.
+        attention_layers: also return the mean attention of this many final blocks (0: none),
+            as :meth:`DenseViT.mean_attention` computes it, at no extra forward pass.
 
     Returns:
         One :class:`CamResult` per image.
@@ -263,17 +270,22 @@ def softmax_gradcam(
     h, w = vit.grid(images.shape[-2], images.shape[-1])
     with torch.no_grad():
         x = vit.embed(images)  # [T, B, C]
-        stop = vit.num_layers if (quirk_77_tokens and x.shape[0] == 77) else vit.num_layers - 1
-        if autocast is not None:
-            with autocast():
-                x = vit.run_blocks(x, 0, stop)
-            x = x.float()
-        else:
-            x = vit.run_blocks(x, 0, stop)
+        order = vit.schedule(x.shape[0], quirk_77_tokens)
+        if not 0 <= attention_layers <= len(order):
+            raise ValueError(f"cannot average the last {attention_layers} of {len(order)} blocks")
+        frozen_attention = max(attention_layers - 1, 0)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            x, attn_sum = vit.run_schedule(x, order[:-1], attention_last=frozen_attention)  # all but the last
+        x = x.float()
         proj = vit.visual.proj
         results = []
         if method == "analytic":
             last = LastBlockPass(vit, x)
+        attention = None
+        if attention_layers:
+            final = last.probs.mean(dim=1) if method == "analytic" else DenseViT.block_with_attention(
+                vit.blocks[-1], x)[1]  # [B, T, T]
+            attention = (final if attn_sum is None else attn_sum.float() + final)[:, 1:, 1:] / attention_layers
         for i, fg in enumerate(fg_features):
             target = SoftmaxTarget(fg, bg_features, logit_scale, proj)
             if method == "analytic":
@@ -284,5 +296,5 @@ def softmax_gradcam(
                 scores, weights = autograd_weights(vit, x[:, i:i + 1], target)
                 activation = vit.blocks[-1].ln_1(x[1:, i])  # [N, C]
             results.append(CamResult(cams=cam_from_weights(weights, activation, h, w), scores=scores,
-                                     weights=weights))
+                                     weights=weights, attention=None if attention is None else attention[i]))
     return results

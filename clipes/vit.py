@@ -112,6 +112,64 @@ class DenseViT(nn.Module):
             maps.append(attn)
         return x, maps
 
+    def schedule(self, tokens: int, quirk_77_tokens: bool = True) -> list[int]:
+        """Block indices in the order the reference runs them for an image of ``tokens`` tokens.
+
+        Normally every block once. The reference's text-length test (``x.shape[0] == 77``) makes an
+        image of exactly 76 patches run all blocks in the frozen pass and then the last block again
+        for the gradient, so its schedule repeats the last block (quirk, on by default).
+        """
+        order = list(range(self.num_layers))
+        if quirk_77_tokens and tokens == 77:
+            order.append(self.num_layers - 1)
+        return order
+
+    def run_schedule(self, x: torch.Tensor, order: list[int], attention_last: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run blocks in ``order``, summing the head-averaged attention of the last entries.
+
+        Args:
+            x: ``[T, B, C]``.
+            order: block indices (see :meth:`schedule`).
+            attention_last: how many of the final entries contribute attention (0: none).
+
+        Returns:
+            ``(x [T, B, C], attention sum [B, T, T] or None)``.
+        """
+        total = None
+        first = len(order) - attention_last
+        for position, index in enumerate(order):
+            block = self.blocks[index]
+            if position < first:
+                x = block(x)
+                continue
+            x, attn = self.block_with_attention(block, x)
+            total = attn if total is None else total + attn
+        return x, total
+
+    @torch.no_grad()
+    def mean_attention(self, images: torch.Tensor, last: int = 8, quirk_77_tokens: bool = True) -> torch.Tensor:
+        """Attention of the last ``last`` scheduled blocks, averaged over heads and blocks.
+
+        Args:
+            images: ``[B, 3, H, W]`` normalised.
+            last: number of final blocks averaged (reference: 8).
+            quirk_77_tokens: see :meth:`schedule`.
+
+        Returns:
+            ``[B, N, N]`` over patch tokens (CLS row and column dropped, rows not renormalised).
+        """
+        x = self.embed(images)
+        order = self.schedule(x.shape[0], quirk_77_tokens)
+        if not 1 <= last <= len(order):
+            raise ValueError(f"cannot average the last {last} of {len(order)} blocks")
+        x, total = self.run_schedule(x, order[:-1], attention_last=last - 1)
+        final = self.blocks[order[-1]]
+        a = final.ln_1(x)
+        attn = final.attn(a, a, a, need_weights=True, average_attn_weights=True)[1]  # its MLP is not needed
+        total = attn if total is None else total + attn
+        return total[:, 1:, 1:] / last
+
     @torch.no_grad()
     def plain_forward(self, images: torch.Tensor) -> torch.Tensor:
         """Gradient-free forward of the whole tower to the projected CLS feature ``[B, D]``.

@@ -33,6 +33,8 @@ _PATH = click.Path(path_type=Path)
 @click.option("--fp16-pos-embed/--fp32-pos-embed", default=None, help="Reference's fp16 rounding of positions [on].")
 @click.option("--quirk-77-tokens/--no-quirk-77-tokens", default=None, help="Reference's 76-patch quirk [on].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), help="GPU only: autocast frozen blocks [fp32].")
+@click.option("--save-affinity", is_flag=True, default=None, help="Also cache attention for refine in WORK/attention.")
+@click.option("--affinity-layers", type=int, help="Final blocks averaged into that cache [8].")
 @click.option("--force", is_flag=True, default=None, help="Recompute all, even in a folder made another way.")
 @click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar.")
 def cams(shard, **options):

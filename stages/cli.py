@@ -37,9 +37,10 @@ def only_set(**options) -> dict:
 
 
 def _register():
-    from stages import cams
+    from stages import cams, refine
 
     main.add_command(cams.cams)
+    main.add_command(refine.refine)
 
 
 _register()
