@@ -2,7 +2,9 @@
 #   make demo            the pipeline on the bundled fixture
 #   make test            the test suite (CPU, minutes)
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
-#   make bench-cams      speed of stage 1 against a plain forward pass
+#   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
+#   make eval WORK=... SPLIT=... [DATA_ROOT=..] [GT_DIR=..]
+#   make bench-cams / bench-refine   speed of stages 1 and 2
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,9 +21,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo cams bench-cams clean-demo help
+.PHONY: install test demo cams refine eval bench-cams bench-refine clean-demo help
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -40,10 +42,13 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 DEMO_WORK ?= work/demo
+DEMO_DATA := tests/data/public-small
 demo: install
-	$(CLIPES) cams --dataset voc12 --data-root tests/data/public-small --split tests/data/public-small/split.txt \
-	  --clip tests/data/public-small/clip.pt --work $(DEMO_WORK)
-	@echo "demo: CAMs written to $(DEMO_WORK)/cams (one .npz per image, manifest.json beside them)"
+	$(CLIPES) cams --dataset voc12 --data-root $(DEMO_DATA) --split $(DEMO_DATA)/split.txt \
+	  --clip $(DEMO_DATA)/clip.pt --work $(DEMO_WORK)
+	$(CLIPES) refine --work $(DEMO_WORK) --jobs 2
+	$(CLIPES) eval --work $(DEMO_WORK) --split $(DEMO_DATA)/split.txt
+	@echo "demo: $(DEMO_WORK)/cams, refined, masks (palette PNGs), confidence, eval.json; each folder has a manifest.json"
 
 cams: install
 	$(CLIPES) cams $(call opt,--dataset,$(DATASET)) $(call opt,--data-root,$(DATA_ROOT)) \
@@ -53,9 +58,21 @@ cams: install
 	  $(call opt,--background,$(BACKGROUND)) $(call opt,--labels,$(LABELS)) $(call opt,--synonyms,$(SYNONYMS)) \
 	  $(ARGS)
 
+refine: install
+	$(CLIPES) refine $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) $(call opt,--dataset,$(DATASET)) \
+	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--device,$(DEVICE)) $(call opt,--batch,$(BATCH)) $(call opt,--jobs,$(JOBS)) $(ARGS)
+
+eval: install
+	$(CLIPES) eval $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--data-root,$(DATA_ROOT)) \
+	  $(call opt,--gt-dir,$(GT_DIR)) $(call opt,--json,$(JSON)) $(ARGS)
+
 BENCH_ARGS ?=
 bench-cams: install
 	$(BIN)/python benchmarks/bench_cams.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+bench-refine: install
+	$(BIN)/python benchmarks/bench_refine.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

@@ -37,10 +37,10 @@ def only_set(**options) -> dict:
 
 
 def _register():
-    from stages import cams, refine
+    from stages import cams, evaluate, interop, refine
 
-    main.add_command(cams.cams)
-    main.add_command(refine.refine)
+    for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy):
+        main.add_command(command)
 
 
 _register()
