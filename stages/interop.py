@@ -47,6 +47,9 @@ def export_npy(work: Path, out: Path):
 @click.option("--allow-pickle", is_flag=True, help="Required: the .npy files are pickles; only for files you trust.")
 def import_npy(npy_dir: Path, work: Path, dataset: str, data_root, class_file, allow_pickle: bool):
     """Read CLIP-ES .npy dicts into <WORK>/refined (to score or compare them with clipes eval)."""
+    if not allow_pickle:
+        raise UserError(f"the .npy files in {npy_dir} are pickled CLIP-ES dicts; reading them can run code from "
+                        f"the files. Pass --allow-pickle if you trust them")
     if dataset == "custom" and class_file is None:
         raise UserError("DATASET=custom needs --classes")
     classes = load_class_file(class_file or default_class_file(dataset))

@@ -1,0 +1,204 @@
+"""``clipes refine``, ``clipes eval`` and the .npy interop end to end, in subprocesses."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipes import camstore, maskstore
+from clipes.interop import read_clipes_npy
+from conftest import GOLDEN, GOLDEN_IDS
+from test_cli_cams import cams_args, clipes
+
+
+def refine_args(work, *extra):
+    return ["refine", "--work", work, "--no-progress", *extra]
+
+
+def load_masks(folder):
+    return {i: maskstore.read_png(maskstore.png_path(folder, i)) for i in sorted(maskstore.done_ids(folder))}
+
+
+@pytest.fixture(scope="module")
+def refined_run(tmp_path_factory):
+    """cams with the attention cache, then refine recomputing attention (the default without a cache)."""
+    work = tmp_path_factory.mktemp("refined_run")
+    result = clipes(*cams_args(GOLDEN, GOLDEN / "split.txt", work, "--save-affinity"))
+    assert result.returncode == 0, result.stderr
+    result = clipes(*refine_args(work, "--attention", "recompute"))
+    assert result.returncode == 0, result.stderr
+    return work, result
+
+
+def test_refined_maps_and_masks_match_reference(refined_run):
+    work, result = refined_run
+    assert "refine: 12 done, 0 already done, 0 failed" in result.stdout
+    labels = agree = total = 0
+    for image_id in GOLDEN_IDS:
+        reference = np.load(GOLDEN / "ref_cams" / f"{image_id}.npy", allow_pickle=True).item()  # our own fixture
+        refined = camstore.read_cam_file(camstore.cam_path(work / "refined", image_id))
+        assert refined.keys.tolist() == reference["keys"].tolist()
+        diff = np.abs(refined.cams - reference["attn_highres"].astype(np.float32)).max(axis=(1, 2))
+        assert (diff <= 2e-3).all(), (image_id, diff)
+        labels += len(diff)
+        mask = maskstore.read_png(maskstore.png_path(work / "masks", image_id))
+        expected = cv2.imread(str(GOLDEN / "ref_pseudo_masks" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        agree += int((mask == expected).sum())
+        total += mask.size
+        confidence = maskstore.read_png(maskstore.png_path(work / "confidence", image_id))
+        assert confidence.shape == mask.shape and ((confidence < 0.95 * 255 - 1) <= (mask == 255)).all()
+    assert labels == 18 and agree / total >= 0.999
+
+
+def test_manifests_link_to_the_cams(refined_run):
+    work, _ = refined_run
+    cams = json.loads((work / "cams" / "manifest.json").read_text())
+    for stage in ("refined", "masks", "confidence"):
+        data = json.loads((work / stage / "manifest.json").read_text())
+        assert data["stage"] == stage and data["input"]["cams_identity"] == cams["identity"]
+        assert data["counts"] == {"files": 12, "failed": 0} and data["options"]["box_threshold"] == 0.4
+    assert json.loads((work / "masks" / "manifest.json").read_text())["runs"][-1]["attention"]["recomputed"] == 12
+
+
+def test_attention_cache_gives_the_same_result_and_needs_no_clip(refined_run, tmp_path):
+    work, _ = refined_run
+    shutil.copytree(work / "cams", tmp_path / "cams")
+    shutil.copytree(work / "attention", tmp_path / "attention")
+    result = clipes(*refine_args(tmp_path, "--attention", "cache", "--clip", tmp_path / "no-such-clip.pt"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "masks" / "manifest.json").read_text())["runs"][-1]["attention"]["cache"] == 12
+    for image_id in GOLDEN_IDS:
+        cached = camstore.read_cam_file(camstore.cam_path(tmp_path / "refined", image_id)).cams
+        fresh = camstore.read_cam_file(camstore.cam_path(work / "refined", image_id)).cams
+        assert np.abs(cached - fresh).max() <= 1e-3
+    cached_masks, fresh_masks = load_masks(tmp_path / "masks"), load_masks(work / "masks")
+    agree = sum(int((cached_masks[i] == fresh_masks[i]).sum()) for i in GOLDEN_IDS)
+    assert agree / sum(m.size for m in fresh_masks.values()) >= 0.9999
+    size = sum(p.stat().st_size for p in (work / "attention").glob("*.npz"))
+    tokens = sum(int(np.prod(camstore.read_cam_file(camstore.cam_path(work / "cams", i)).cams.shape[1:])) ** 2
+                 for i in GOLDEN_IDS)
+    assert 2 * tokens <= size <= 2 * tokens + 12 * 1024  # float16 N x N plus small headers
+
+
+def test_parallel_crf_equals_serial_and_rerun_skips(refined_run, tmp_path):
+    work, _ = refined_run
+    shutil.copytree(work / "cams", tmp_path / "cams")
+    result = clipes(*refine_args(tmp_path, "--jobs", "2", "--attention", "recompute"))
+    assert result.returncode == 0, result.stderr
+    serial, parallel = load_masks(work / "masks"), load_masks(tmp_path / "masks")
+    assert sorted(parallel) == GOLDEN_IDS
+    for image_id in GOLDEN_IDS:
+        np.testing.assert_array_equal(parallel[image_id], serial[image_id])
+    again = clipes(*refine_args(tmp_path, "--jobs", "2", "--attention", "recompute"))
+    assert again.returncode == 0 and "0 done, 12 already done, 0 failed" in again.stdout
+
+
+def test_other_options_need_another_out_or_force(refined_run, tmp_path):
+    work, _ = refined_run
+    result = clipes(*refine_args(work, "--crf-iterations", "5"))
+    assert result.returncode == 2 and "made with other settings" in result.stderr
+    out = tmp_path / "no-crf"
+    result = clipes(*refine_args(work, "--out", out, "--no-crf", "--confidence", "0", "--split",
+                                 GOLDEN / "split.txt"))
+    assert result.returncode == 0, result.stderr
+    mask = maskstore.read_png(maskstore.png_path(out / "masks", GOLDEN_IDS[0]))
+    assert 255 not in mask and set(np.unique(mask)) <= {0, 3, 5}  # background, bird, bottle
+
+
+def test_kill_and_resume_gives_the_same_masks(refined_run, tmp_path):
+    work, _ = refined_run
+    shutil.copytree(work / "cams", tmp_path / "cams")
+    process = subprocess.Popen([sys.executable, "-m", "stages.cli", *map(str, refine_args(tmp_path))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "masks").glob("*.png"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = maskstore.done_ids(tmp_path / "masks")
+    assert 3 <= len(partial) < 12, "the run ended before it could be killed mid-way"
+    result = clipes(*refine_args(tmp_path))
+    assert result.returncode == 0, result.stderr
+    resumed, reference = load_masks(tmp_path / "masks"), load_masks(work / "masks")
+    assert sorted(resumed) == sorted(reference) == GOLDEN_IDS
+    for image_id in GOLDEN_IDS:
+        np.testing.assert_array_equal(resumed[image_id], reference[image_id])
+    for stage in ("refined", "masks", "confidence"):
+        assert not [p for p in (tmp_path / stage).iterdir() if p.name.startswith(".")]
+
+
+def test_bad_inputs_are_reported_and_skipped(refined_run, tmp_path):
+    work, _ = refined_run
+    data = tmp_path / "data"
+    shutil.copytree(GOLDEN / "JPEGImages", data / "JPEGImages")
+    shutil.copytree(work / "cams", tmp_path / "cams")
+    ids = GOLDEN_IDS[:6]
+    (tmp_path / "cams" / f"{ids[0]}.npz").write_bytes(b"garbage")
+    (tmp_path / "cams" / f"{ids[1]}.npz").unlink()
+    Image.new("RGB", (40, 30)).save(data / "JPEGImages" / f"{ids[2]}.jpg")
+    (data / "JPEGImages" / f"{ids[3]}.jpg").unlink()
+    split = tmp_path / "split.txt"
+    split.write_text("\n".join(ids) + "\n")
+    result = clipes(*refine_args(tmp_path, "--data-root", data, "--split", split))
+    assert result.returncode == 1
+    reasons = {ids[0]: "cannot read cams file", ids[1]: "cams file not found",
+               ids[2]: "is 40x30 but its cams were made for", ids[3]: "image not found"}
+    lines = result.stdout.splitlines()
+    for image_id, reason in reasons.items():
+        matching = [line for line in lines if line.startswith(f"failed {image_id}:")]
+        assert len(matching) == 1 and reason in matching[0], (image_id, lines)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "2 done, 0 already done, 4 failed" in result.stdout
+    assert maskstore.done_ids(tmp_path / "masks") == set(ids[4:])
+    failures = json.loads((tmp_path / "masks" / "manifest.json").read_text())["failures"]
+    assert sorted(failures) == sorted(reasons)
+
+
+def test_another_clip_or_dataset_is_refused(refined_run, tmp_path, tiny_checkpoint):
+    work, _ = refined_run
+    shutil.copytree(work / "cams", tmp_path / "cams")
+    result = clipes(*refine_args(tmp_path, "--dataset", "coco14"))
+    assert result.returncode == 2 and "made for DATASET=voc12" in result.stderr
+    result = clipes(*refine_args(tmp_path, "--clip", tiny_checkpoint, "--attention", "recompute"))
+    assert result.returncode == 2 and "not the checkpoint that made the cams" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = clipes(*refine_args(tmp_path / "empty"))
+    assert result.returncode == 2 and "no cams folder" in result.stderr
+
+
+def test_eval_reports_every_stage(refined_run, tmp_path):
+    work, _ = refined_run
+    out = tmp_path / "eval.json"
+    result = clipes("eval", "--work", work, "--split", GOLDEN / "split.txt", "--json", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["stages"]) == {"cams", "refined", "masks"} and report["images"] == 12
+    assert report["stages"]["cams"]["best_alpha"] in range(1, 11) and len(report["stages"]["cams"]["sweep"]) == 10
+    assert set(report["stages"]["refined"]["sweep"]) == {"1", "2"}
+    masks = report["stages"]["masks"]
+    # the background class is always present; leaving 255 out can only raise its recall
+    assert masks["without_ignored"]["recall"][0] >= masks["with_ignored"]["recall"][0] > 0
+    assert "per class IoU / precision / recall" in result.stdout and "background" in result.stdout
+
+
+def test_npy_interop_roundtrip_and_pickle_flag(refined_run, tmp_path):
+    work, _ = refined_run
+    result = clipes("export-npy", "--work", work, "--out", tmp_path / "npy")
+    assert result.returncode == 0, result.stderr
+    keys, maps = read_clipes_npy(tmp_path / "npy" / f"{GOLDEN_IDS[0]}.npy", allow_pickle=True)
+    stored = camstore.read_cam_file(camstore.cam_path(work / "refined", GOLDEN_IDS[0]))
+    assert keys.tolist() == stored.keys.tolist() and np.array_equal(maps, stored.cams)
+    refused = clipes("import-npy", "--npy-dir", GOLDEN / "ref_cams", "--work", tmp_path / "w", "--dataset", "voc12")
+    assert refused.returncode == 2 and "--allow-pickle" in refused.stderr and not (tmp_path / "w" / "refined").exists()
+    result = clipes("import-npy", "--npy-dir", GOLDEN / "ref_cams", "--work", tmp_path / "w", "--dataset", "voc12",
+                    "--allow-pickle")
+    assert result.returncode == 0 and "12 imported" in result.stdout
+    imported = camstore.read_cam_file(camstore.cam_path(tmp_path / "w" / "refined", "2001_000005"))
+    assert imported.keys.tolist() == [13, 16, 11] and imported.image_size == (152, 201)
