@@ -95,12 +95,18 @@ def breakdown(vit: DenseViT, images, fg, bg, logit_scale, device):
     return parts
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_parser(description: str) -> argparse.ArgumentParser:
+    """The options every stage benchmark takes: device, images, labels per image, CPU threads."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--labels", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser
+
+
+def main():
+    parser = bench_parser(__doc__)
     parser.add_argument("--skip-reference", action="store_true", help="skip the reference-style timing")
     args = parser.parse_args()
     device = torch.device(args.device)

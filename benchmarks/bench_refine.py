@@ -15,7 +15,6 @@ Usage: ``python benchmarks/bench_refine.py [--device cuda] [--images 8] [--threa
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench_cams import make_checkpoint, make_images, timed
+from bench_cams import bench_parser, make_checkpoint, make_images, timed
 from clipes import attncache
 from clipes.caa import affinity_from_attention, refine_cams
 from clipes.clip_loader import load_clip
@@ -40,11 +39,7 @@ from clipes.vit import DenseViT
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--labels", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser = bench_parser(__doc__)
     parser.add_argument("--max-jobs", type=int, default=os.cpu_count() or 1, help="largest CRF JOBS tried")
     args = parser.parse_args()
     device = torch.device(args.device)

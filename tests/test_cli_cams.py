@@ -22,6 +22,17 @@ def clipes(*args, env=None, **kwargs):
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
+def run_and_kill(args, folder, pattern, count=3):
+    """Start ``clipes *args`` and SIGKILL it once ``folder`` holds ``count`` files matching ``pattern``."""
+    process = subprocess.Popen([sys.executable, "-m", "stages.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(folder.glob(pattern))) < count and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def cams_args(root, split, work, *extra):
     return ["cams", "--dataset", "voc12", "--data-root", root, "--split", split, "--clip", CLIP, "--work", work,
             "--no-progress", *extra]
@@ -76,13 +87,7 @@ def test_rerun_skips_finished_files(golden_run):
 
 def test_kill_and_resume_gives_the_same_files(golden_run, tmp_path):
     work = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "stages.cli", *map(str, cams_args(
-        GOLDEN, GOLDEN / "split.txt", work))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list((work / "cams").glob("*.npz"))) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    run_and_kill(cams_args(GOLDEN, GOLDEN / "split.txt", work), work / "cams", "*.npz")
     partial = camstore.done_ids(work / "cams")
     assert 3 <= len(partial) < 12, "the run ended before it could be killed mid-way"
     for image_id in partial:  # every file that exists is complete

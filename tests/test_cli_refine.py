@@ -2,10 +2,6 @@
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import cv2
 import numpy as np
@@ -15,7 +11,7 @@ from PIL import Image
 from clipes import camstore, maskstore
 from clipes.interop import read_clipes_npy
 from conftest import GOLDEN, GOLDEN_IDS
-from test_cli_cams import cams_args, clipes
+from test_cli_cams import cams_args, clipes, run_and_kill
 
 
 def refine_args(work, *extra):
@@ -115,13 +111,7 @@ def test_other_options_need_another_out_or_force(refined_run, tmp_path):
 def test_kill_and_resume_gives_the_same_masks(refined_run, tmp_path):
     work, _ = refined_run
     shutil.copytree(work / "cams", tmp_path / "cams")
-    process = subprocess.Popen([sys.executable, "-m", "stages.cli", *map(str, refine_args(tmp_path))],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list((tmp_path / "masks").glob("*.png"))) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    run_and_kill(refine_args(tmp_path), tmp_path / "masks", "*.png")
     partial = maskstore.done_ids(tmp_path / "masks")
     assert 3 <= len(partial) < 12, "the run ended before it could be killed mid-way"
     result = clipes(*refine_args(tmp_path))
