@@ -33,6 +33,16 @@ def run_and_kill(args, folder, pattern, count=3):
     process.wait()
 
 
+def assert_one_line_each(result, reasons):
+    """Each id has exactly one ``failed <id>: ...`` line containing its reason, and no traceback."""
+    lines = result.stdout.splitlines()
+    assert reasons
+    for image_id, reason in reasons.items():
+        matching = [line for line in lines if line.startswith(f"failed {image_id}:")]
+        assert len(matching) == 1 and reason in matching[0], (image_id, lines)
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def cams_args(root, split, work, *extra):
     return ["cams", "--dataset", "voc12", "--data-root", root, "--split", split, "--clip", CLIP, "--work", work,
             "--no-progress", *extra]
@@ -125,11 +135,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     bad = {"missing_image": "image not found", "corrupt": "cannot decode image", "truncated": "cannot decode image",
            "no_xml": "annotation not found", "no_labels": "no labels", "unknown": "unknown class name 'unicorn'",
            "tiny": "smaller than one 16x16 patch"}
-    lines = result.stdout.splitlines()
-    for image_id, reason in bad.items():
-        matching = [line for line in lines if line.startswith(f"failed {image_id}:")]
-        assert len(matching) == 1 and reason in matching[0], (image_id, lines)
-    assert "Traceback" not in result.stdout + result.stderr
+    assert_one_line_each(result, bad)
     assert "6 done, 0 already done, 7 failed" in result.stdout
     folder = tmp_path / "work" / "cams"
     assert camstore.done_ids(folder) == set(ids) | {"gray", "rgba", "palette", "deep"}
