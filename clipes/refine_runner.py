@@ -172,6 +172,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
     }
     formats = {camstore.REFINED_STAGE: camstore.REFINED_FORMAT, maskstore.MASKS_STAGE: maskstore.MASKS_FORMAT,
                maskstore.CONFIDENCE_STAGE: maskstore.CONFIDENCE_FORMAT}
+    attention = _AttentionSource(opts, cams_manifest, cams_options, Path(opts.work).expanduser(), device, batch_size)
     for name, folder in folders.items():
         identity = refined_identity if name == camstore.REFINED_STAGE else masks_identity
         header = {**common, "format": formats[name]}
@@ -185,7 +186,6 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
     have_refined = set() if opts.force else camstore.done_ids(folders[camstore.REFINED_STAGE])
     todo = [image_id for image_id in ids if image_id not in done]
     summary = RunSummary(folder=out, already_done=len(ids) - len(todo), stage="refine")
-    attention = _AttentionSource(opts, cams_manifest, cams_options, Path(opts.work).expanduser(), device, batch_size)
     bar = progress_bar(len(todo), opts.progress and bool(todo), "refine")
     succeeded = set(ids) - set(todo)
     chunk = max(4 * opts.jobs, batch_size)
