@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from clipes import camstore, manifest, maskstore
 from clipes.caa import upsample_maps
