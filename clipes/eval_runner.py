@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
 from clipes import camstore, manifest, maskstore
 from clipes.caa import upsample_maps
+from clipes.datasets import read_split
 from clipes.errors import InputError, UserError
 from clipes.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps
-from clipes.datasets import read_split
 from clipes.fsutil import write_json
 
 STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE)
