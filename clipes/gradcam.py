@@ -283,7 +283,7 @@ def softmax_gradcam(
             last = LastBlockPass(vit, x)
         attention = None
         if attention_layers:
-            final = last.probs.mean(dim=1) if method == "analytic" else DenseViT.block_with_attention(
+            final = last.probs.mean(dim=1) if method == "analytic" else DenseViT.block_attention(
                 vit.blocks[-1], x)[1]  # [B, T, T]
             attention = (final if attn_sum is None else attn_sum.float() + final)[:, 1:, 1:] / attention_layers
         for i, fg in enumerate(fg_features):

@@ -98,11 +98,16 @@ class DenseViT(nn.Module):
         Returns:
             ``(x_out [T, B, C], attention [B, T, T])``, rows are queries.
         """
-        a = block.ln_1(x)
-        out, attn = block.attn(a, a, a, need_weights=True, average_attn_weights=True)
+        out, attn = DenseViT.block_attention(block, x)
         x = x + out
         x = x + block.mlp(block.ln_2(x))
         return x, attn
+
+    @staticmethod
+    def block_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention branch of one clip block: ``(output [T, B, C], head-averaged probs [B, T, T])``."""
+        a = block.ln_1(x)
+        return block.attn(a, a, a, need_weights=True, average_attn_weights=True)
 
     def run_blocks_with_attention(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list]:
         """Like :meth:`run_blocks` but also returns each block's ``[B, T, T]`` attention."""
@@ -164,9 +169,7 @@ class DenseViT(nn.Module):
         if not 1 <= last <= len(order):
             raise ValueError(f"cannot average the last {last} of {len(order)} blocks")
         x, total = self.run_schedule(x, order[:-1], attention_last=last - 1)
-        final = self.blocks[order[-1]]
-        a = final.ln_1(x)
-        attn = final.attn(a, a, a, need_weights=True, average_attn_weights=True)[1]  # its MLP is not needed
+        attn = self.block_attention(self.blocks[order[-1]], x)[1]  # the final block's MLP is not needed
         total = attn if total is None else total + attn
         return total[:, 1:, 1:] / last
 

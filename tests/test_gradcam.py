@@ -56,6 +56,22 @@ def test_analytic_equals_autograd_on_a_batch_of_random_images():
         torch.testing.assert_close(result.cams, slow.cams, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["analytic", "autograd"])
+@pytest.mark.parametrize("patches", [(3, 5), (4, 19)])  # (4, 19): 77 tokens, the last block repeated
+def test_cam_pass_attention_equals_mean_attention(method, patches):
+    model = make_tiny_clip(seed=13, width=128, layers=3)
+    vit = DenseViT(model.visual)
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, patches[0] * 16, patches[1] * 16)
+    fg, bg = [torch.randn(2, 32), torch.randn(1, 32)], torch.randn(3, 32)
+    results = softmax_gradcam(vit, images, fg, bg, model.logit_scale, method=method, attention_layers=2)
+    expected = vit.mean_attention(images, last=2)
+    assert expected.shape == (2, patches[0] * patches[1], patches[0] * patches[1])
+    for result, reference in zip(results, expected):
+        torch.testing.assert_close(result.attention, reference, rtol=0, atol=1e-6)
+    assert softmax_gradcam(vit, images, fg, bg, model.logit_scale)[0].attention is None
+
+
 def test_77_token_quirk_runs_the_last_block_twice():
     model = make_tiny_clip(seed=12, width=128, layers=2)
     vit = DenseViT(model.visual)
