@@ -1,10 +1,12 @@
-"""The ``<WORK>/masks`` and ``<WORK>/confidence`` folders: one PNG per image plus ``manifest.json``.
+"""The ``<WORK>/masks``, ``confidence`` and ``labels`` folders: one PNG per image plus ``manifest.json``.
 
 * ``masks/<id>.png``: 8-bit palette PNG with the VOC colour map. Pixel values: 0 background,
   ``c + 1`` class c (0-based index into the manifest's class list), 255 ignore (CRF confidence
   below the threshold). Image viewers show colours; ``np.asarray(Image.open(p))`` gives the values.
 * ``confidence/<id>.png``: 8-bit grayscale, ``round(255 * confidence)`` where confidence is the
   winning CRF marginal (for the soft, confidence-weighted loss).
+* ``labels/<id>.png``: like a mask, before the confidence rule (no 255): the CRF argmax everywhere,
+  which the soft loss weights by the confidence map.
 
 Files are written atomically.
 """
@@ -21,11 +23,17 @@ from clipes.fsutil import atomic_open, ids_in, item_path
 
 MASKS_STAGE = "masks"
 CONFIDENCE_STAGE = "confidence"
+LABELS_STAGE = "labels"
+PNG_STAGES = (MASKS_STAGE, CONFIDENCE_STAGE, LABELS_STAGE)  # an image is refined when all three exist
 IGNORE = 255
 SUFFIX = ".png"
 MASKS_FORMAT = {
     "file": "<id>.png, 8-bit palette PNG (VOC colour map)",
     "values": "0 background, c+1 class c (index into 'classes'), 255 ignore (confidence below threshold)",
+}
+LABELS_FORMAT = {
+    "file": "<id>.png, 8-bit palette PNG (VOC colour map)",
+    "values": "0 background, c+1 class c (index into 'classes'); the CRF argmax, no confidence rule",
 }
 CONFIDENCE_FORMAT = {
     "file": "<id>.png, 8-bit grayscale PNG",

@@ -161,7 +161,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
     masks_identity = manifest.identity_of({"refined": refined_identity, **mask_fields})
     out = Path(opts.out or opts.work).expanduser()
     folders = {name: out / name for name in (camstore.REFINED_STAGE, maskstore.MASKS_STAGE,
-                                             maskstore.CONFIDENCE_STAGE)}
+                                             maskstore.CONFIDENCE_STAGE, maskstore.LABELS_STAGE)}
     common = {
         "command": manifest.command_line(),
         "input": {"cams": str(cams_folder.resolve()), "cams_identity": cams_manifest.get("identity"),
@@ -171,7 +171,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
         "options": _options_record(replace(opts, box_threshold=threshold)),
     }
     formats = {camstore.REFINED_STAGE: camstore.REFINED_FORMAT, maskstore.MASKS_STAGE: maskstore.MASKS_FORMAT,
-               maskstore.CONFIDENCE_STAGE: maskstore.CONFIDENCE_FORMAT}
+               maskstore.CONFIDENCE_STAGE: maskstore.CONFIDENCE_FORMAT, maskstore.LABELS_STAGE: maskstore.LABELS_FORMAT}
     attention = _AttentionSource(opts, cams_manifest, cams_options, Path(opts.work).expanduser(), device, batch_size)
     for name, folder in folders.items():
         identity = refined_identity if name == camstore.REFINED_STAGE else masks_identity
@@ -181,8 +181,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
         manifest.begin_run(folder, name, header, identity, force=opts.force)
         remove_stale_temporaries(folder, older_than_s=0)
 
-    done = set() if opts.force else (maskstore.done_ids(folders[maskstore.MASKS_STAGE])
-                                     & maskstore.done_ids(folders[maskstore.CONFIDENCE_STAGE]))
+    done = set() if opts.force else set.intersection(*(maskstore.done_ids(folders[name]) for name in maskstore.PNG_STAGES))
     have_refined = set() if opts.force else camstore.done_ids(folders[camstore.REFINED_STAGE])
     todo = [image_id for image_id in ids if image_id not in done]
     summary = RunSummary(folder=out, already_done=len(ids) - len(todo), stage="refine")
@@ -206,6 +205,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
                     label, confidence = result
                     maskstore.write_confidence(maskstore.png_path(folders[maskstore.CONFIDENCE_STAGE], item.image_id),
                                                confidence)
+                    maskstore.write_mask(maskstore.png_path(folders[maskstore.LABELS_STAGE], item.image_id), label)
                     maskstore.write_mask(maskstore.png_path(folders[maskstore.MASKS_STAGE], item.image_id),
                                          pseudo_mask(label, confidence, opts.confidence))
                     succeeded.add(item.image_id)

@@ -50,13 +50,16 @@ def test_refined_maps_and_masks_match_reference(refined_run):
         total += mask.size
         confidence = maskstore.read_png(maskstore.png_path(work / "confidence", image_id))
         assert confidence.shape == mask.shape and ((confidence < 0.95 * 255 - 1) <= (mask == 255)).all()
+        label = maskstore.read_png(maskstore.png_path(work / "labels", image_id))
+        kept = mask != 255
+        assert (label != 255).all() and (label[kept] == mask[kept]).all() and (~kept).any()
     assert labels == 18 and agree / total >= 0.999
 
 
 def test_manifests_link_to_the_cams(refined_run):
     work, _ = refined_run
     cams = json.loads((work / "cams" / "manifest.json").read_text())
-    for stage in ("refined", "masks", "confidence"):
+    for stage in ("refined", "masks", "confidence", "labels"):
         data = json.loads((work / stage / "manifest.json").read_text())
         assert data["stage"] == stage and data["input"]["cams_identity"] == cams["identity"]
         assert data["counts"] == {"files": 12, "failed": 0} and data["options"]["box_threshold"] == 0.4
@@ -120,7 +123,7 @@ def test_kill_and_resume_gives_the_same_masks(refined_run, tmp_path):
     assert sorted(resumed) == sorted(reference) == GOLDEN_IDS
     for image_id in GOLDEN_IDS:
         np.testing.assert_array_equal(resumed[image_id], reference[image_id])
-    for stage in ("refined", "masks", "confidence"):
+    for stage in ("refined", "masks", "confidence", "labels"):
         assert not [p for p in (tmp_path / stage).iterdir() if p.name.startswith(".")]
 
 
