@@ -37,9 +37,10 @@ def only_set(**options) -> dict:
 
 
 def _register():
-    from stages import cams, evaluate, interop, refine
+    from stages import cams, evaluate, interop, refine, segment
 
-    for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy):
+    for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy,
+                    segment.train_seg, segment.test_seg, segment.predict):
         main.add_command(command)
 
 

@@ -1,0 +1,401 @@
+"""Stage 3 as library calls: train, evaluate and apply an mmseg segmenter on clipes' stage folders.
+
+:func:`train_config` turns a config from ``segmenter_configs/`` (or any mmseg config using the
+clipes plug-in) plus a work folder into a ready mmengine config: the training set is every image
+with a pseudo mask (``<WORK>/masks``, or ``labels`` + ``confidence`` for the soft loss), the
+dataset, classes and images come from the stage-2 manifest, validation uses real ground truth
+when it can be found, and an interrupted run in the same output folder resumes from its last
+checkpoint. Everything is checked before the Runner starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from clipes import manifest, maskstore
+from clipes.clip_loader import file_sha256
+from clipes.datasets import image_folder, read_split
+from clipes.errors import UserError
+from clipes.fsutil import atomic_open, ids_in
+from clipes.mmseg_ext.compat import prepare
+from clipes.segdata import check_training_set
+
+LOSS_TYPE = "ConfidenceCrossEntropyLoss"
+LAUNCHERS = ("none", "pytorch")
+_REMOTE = ("open-mmlab://", "torchvision://", "http://", "https://", "mmcls://", "openmmlab://")
+
+
+@dataclass
+class SegOptions:
+    """Options of ``clipes train-seg`` / ``test-seg``.
+
+    Attributes:
+        config: mmseg config file.
+        work: clipes work folder (``masks/`` etc.); optional for ``test-seg``.
+        out: mmengine work dir [WORK/segmenter].
+        data_root: dataset folder [from the stage-2 manifest].
+        dataset: voc12, coco14 or custom [from the manifest].
+        images_dir: image folder relative to DATA_ROOT [dataset default].
+        split: training ids [every image with a pseudo mask].
+        val_split: validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt when it exists].
+        gt_dir: ground-truth PNGs [DATA_ROOT/SegmentationClass, then SegmentationClassAug].
+        loss: ``hard`` or ``soft`` [the config's].
+        pretrained: backbone weights (path or mmseg/torchvision URL) [the config's].
+        checkpoint: weights to evaluate (test-seg).
+        options: mmengine ``key=value`` overrides, applied last.
+        launcher: ``none`` or ``pytorch`` (torchrun).
+        resume: resume from the last checkpoint in ``out`` when there is one.
+    """
+
+    config: Path
+    work: Path | None = None
+    out: Path | None = None
+    data_root: Path | None = None
+    dataset: str | None = None
+    images_dir: str | None = None
+    split: Path | None = None
+    val_split: Path | None = None
+    gt_dir: Path | None = None
+    loss: str | None = None
+    pretrained: str | None = None
+    checkpoint: Path | None = None
+    options: dict = field(default_factory=dict)
+    launcher: str = "none"
+    resume: bool = True
+
+
+def parse_options(pairs) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (mmengine's ``--cfg-options`` rules)."""
+    prepare()
+    from mmengine.config import DictAction
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"option {pair!r} is not key=value")
+        out[key.strip()] = DictAction._parse_iterable(value.strip())
+    return out
+
+
+def load_config(path: Path):
+    """Read an mmengine config, one clear line when it cannot be read."""
+    prepare()
+    from mmengine.config import Config
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"config not found: {path}")
+    try:
+        return Config.fromfile(str(path))
+    except Exception as exc:
+        raise UserError(f"cannot read config {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _losses(model_cfg) -> list:
+    found = []
+    for head in ("decode_head", "auxiliary_head"):
+        heads = model_cfg.get(head)
+        for one in (heads if isinstance(heads, list) else [heads] if heads else []):
+            losses = one.get("loss_decode")
+            found += [x for x in (losses if isinstance(losses, list) else [losses]) if x and x.get("type") == LOSS_TYPE]
+    return found
+
+
+def _num_classes(cfg) -> int:
+    head = cfg.model.decode_head
+    return int((head[0] if isinstance(head, list) else head)["num_classes"])
+
+
+def _stage_info(work: Path) -> dict:
+    data = manifest.read_manifest(work / maskstore.MASKS_STAGE) if (work / maskstore.MASKS_STAGE).is_dir() else None
+    return data or {}
+
+
+def _dataset_paths(opts: SegOptions, info: dict) -> tuple[str, Path, Path]:
+    recorded = info.get("input", {})
+    dataset = opts.dataset or recorded.get("dataset") or "voc12"
+    data_root = Path(opts.data_root or recorded.get("data_root") or "").expanduser()
+    if not str(data_root) or str(data_root) == ".":
+        raise UserError("give DATA_ROOT: no stage-2 manifest says where the dataset is")
+    if opts.images_dir is None and opts.data_root is None and recorded.get("images"):
+        images = Path(recorded["images"])
+        if images.is_dir():
+            return dataset, data_root, images
+    return dataset, data_root, image_folder(dataset, data_root, opts.images_dir)
+
+
+def _metainfo(info: dict, num_classes: int) -> dict | None:
+    classes = info.get("classes")
+    if not classes:
+        return None
+    names = ("background", *classes)
+    if len(names) != num_classes:
+        raise UserError(f"the config's decode head has num_classes={num_classes} but the pseudo masks have "
+                        f"{len(names)} classes (background + {len(classes)}); use a config for this dataset or "
+                        f"OPTIONS=\"model.decode_head.num_classes={len(names)} ...\"")
+    palette = maskstore.voc_palette()
+    return dict(classes=names, palette=[palette[3 * i:3 * i + 3] for i in range(len(names))])
+
+
+def _write_split(path: Path, ids: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as handle:
+        handle.write("".join(f"{image_id}\n" for image_id in ids))
+    return path
+
+
+def _ground_truth(opts: SegOptions, dataset: str, data_root: Path) -> tuple[Path | None, Path | None]:
+    val_split = Path(opts.val_split).expanduser() if opts.val_split else None
+    if val_split is None and dataset == "voc12":
+        default = data_root / "ImageSets" / "Segmentation" / "val.txt"
+        val_split = default if default.is_file() else None
+    gt_dir = Path(opts.gt_dir).expanduser() if opts.gt_dir else None
+    if gt_dir is None:
+        for name in ("SegmentationClass", "SegmentationClassAug"):
+            if (data_root / name).is_dir():
+                gt_dir = data_root / name
+                break
+    if val_split is not None and gt_dir is None:
+        raise UserError(f"validation split {val_split} given but no ground truth: give GT_DIR")
+    return val_split, gt_dir
+
+
+def _set_eval_dataset(cfg, key: str, split: Path, image_dir: Path, gt_dir: Path, metainfo: dict | None) -> None:
+    loader = cfg.get(key)
+    if not loader:
+        raise UserError(f"the config has no {key} to evaluate with")
+    dataset = loader["dataset"]
+    dataset.update(split=str(split), image_dir=str(image_dir), seg_dir=str(gt_dir), confidence_dir=None)
+    if metainfo:
+        dataset["metainfo"] = metainfo
+
+
+def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
+    """The mmengine config for training, after every check; nothing is written but the split file.
+
+    Raises:
+        UserError: unreadable config, missing or bad stage folders, class-count mismatch, bad split.
+    """
+    cfg = load_config(opts.config)
+    cfg.merge_from_dict(opts.options)  # early for the checks below, again at the end so it wins
+    if opts.work is None:
+        raise UserError("give WORK: the folder holding masks/ (and labels/, confidence/ for the soft loss)")
+    work = Path(opts.work).expanduser()
+    if not (work / maskstore.MASKS_STAGE).is_dir():
+        raise UserError(f"no pseudo masks: {work / maskstore.MASKS_STAGE} not found (run `make refine` first)")
+    if opts.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {opts.launcher!r}; expected one of {LAUNCHERS}")
+    losses = _losses(cfg.model)
+    if not losses:
+        raise UserError(f"{opts.config}: no {LOSS_TYPE} in the model; clipes configs train with it")
+    modes = {loss.get("mode", "hard") for loss in losses}
+    mode = opts.loss or (modes.pop() if len(modes) == 1 else None)
+    if mode not in ("hard", "soft"):
+        raise UserError(f"loss mode must be hard or soft, not {mode!r}")
+    for loss in losses:
+        loss["mode"] = mode
+    info = _stage_info(work)
+    dataset, data_root, image_dir = _dataset_paths(opts, info)
+    num_classes = _num_classes(cfg)
+    metainfo = _metainfo(info, num_classes)
+    seg_dir = work / (maskstore.MASKS_STAGE if mode == "hard" else maskstore.LABELS_STAGE)
+    confidence_dir = work / maskstore.CONFIDENCE_STAGE if mode == "soft" else None
+    out = Path(opts.out or work / "segmenter").expanduser()
+    split = Path(opts.split).expanduser() if opts.split else None
+    if split is not None:
+        ids = [image_id for image_id, _ in read_split(split)]
+    else:
+        ids = sorted(ids_in(seg_dir, ".png")) if seg_dir.is_dir() else []
+    checked = check_training_set(ids, image_dir, seg_dir, num_classes, confidence_dir, what="training set")
+    if split is None:
+        split = _write_split(out / "train_split.txt", ids)
+    train = cfg.train_dataloader["dataset"]
+    train.update(split=str(split), image_dir=str(image_dir), seg_dir=str(seg_dir),
+                 confidence_dir=str(confidence_dir) if confidence_dir else None)
+    if metainfo:
+        train["metainfo"] = metainfo
+    val_split, gt_dir = _ground_truth(opts, dataset, data_root)
+    if val_split is not None:
+        val_ids = [image_id for image_id, _ in read_split(val_split)]
+        check_training_set(val_ids, image_dir, gt_dir, num_classes, what="validation set")
+        _set_eval_dataset(cfg, "val_dataloader", val_split, image_dir, gt_dir, metainfo)
+        _set_eval_dataset(cfg, "test_dataloader", val_split, image_dir, gt_dir, metainfo)
+    else:
+        cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+        echo("train-seg: no validation split found (give VAL_SPLIT and GT_DIR); training without validation")
+    if opts.pretrained:
+        if not opts.pretrained.startswith(_REMOTE) and not Path(opts.pretrained).expanduser().is_file():
+            raise UserError(f"pretrained weights not found: {opts.pretrained}")
+        cfg.model.pretrained = opts.pretrained if opts.pretrained.startswith(_REMOTE) else str(
+            Path(opts.pretrained).expanduser())
+    cfg.work_dir = str(out)
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(hook.get("type") == "PlainCheckpointHook" for hook in hooks):
+        cfg.custom_hooks = hooks + [dict(type="PlainCheckpointHook")]
+    cfg.launcher = opts.launcher
+    if opts.launcher != "none":
+        import torch
+
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.cuda.is_available():  # CPU processes: DDP without device ids
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
+    if opts.resume and (out / "last_checkpoint").is_file():
+        cfg.resume, cfg.load_from = True, None
+        echo(f"train-seg: resuming from {(out / 'last_checkpoint').read_text().strip()}")
+    cfg.merge_from_dict(opts.options)
+    echo(f"train-seg: {checked} images, {mode} loss, {num_classes} classes, "
+         f"validation: {val_split or 'none'}; output {out}")
+    return cfg
+
+
+def _runner(cfg):
+    import torch
+    from mmengine.runner import Runner
+
+    if cfg.get("launcher", "none") != "none" and not torch.cuda.is_available():
+        # mmengine's pytorch launcher calls torch.cuda.set_device; on CPU-only machines the gloo
+        # group is started here from torchrun's environment, and mmengine then uses it as is.
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+    return Runner.from_cfg(cfg)
+
+
+def run_train(opts: SegOptions, echo: Callable[[str], None] = print) -> Path:
+    """Train; returns the output folder (checkpoints, logs, the config used)."""
+    cfg = train_config(opts, echo)
+    runner = _runner(cfg)
+    runner.train()
+    return Path(cfg.work_dir)
+
+
+def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
+    """The mmengine config for evaluating ``opts.checkpoint`` on validation ground truth."""
+    cfg = load_config(opts.config)
+    cfg.merge_from_dict(opts.options)
+    if opts.checkpoint is None or not Path(opts.checkpoint).expanduser().is_file():
+        raise UserError(f"checkpoint not found: {opts.checkpoint}")
+    info = _stage_info(Path(opts.work).expanduser()) if opts.work else {}
+    dataset, data_root, image_dir = _dataset_paths(opts, info)
+    val_split, gt_dir = _ground_truth(opts, dataset, data_root)
+    if val_split is None:
+        raise UserError("give VAL_SPLIT (and GT_DIR): nothing to evaluate on")
+    num_classes = _num_classes(cfg)
+    metainfo = _metainfo(info, num_classes)
+    ids = [image_id for image_id, _ in read_split(val_split)]
+    check_training_set(ids, image_dir, gt_dir, num_classes, what="test set")
+    _set_eval_dataset(cfg, "test_dataloader", val_split, image_dir, gt_dir, metainfo)
+    cfg.load_from = str(Path(opts.checkpoint).expanduser())
+    cfg.work_dir = str(Path(opts.out or Path(opts.checkpoint).expanduser().parent / "test").expanduser())
+    cfg.launcher, cfg.resume = opts.launcher, False
+    cfg.merge_from_dict(opts.options)
+    echo(f"test-seg: {len(ids)} images from {val_split}, ground truth {gt_dir}")
+    return cfg
+
+
+def run_test(opts: SegOptions, echo: Callable[[str], None] = print) -> dict:
+    """Evaluate a checkpoint; returns mmseg's metrics (``mIoU``, ``aAcc``, ``mAcc`` in percent)."""
+    cfg = test_config(opts, echo)
+    runner = _runner(cfg)
+    metrics = runner.test()
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def _safe_load(checkpoint: Path):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
+    import torch
+
+    try:
+        return torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"cannot load checkpoint {checkpoint} safely (tensors and plain data only): "
+                        f"{type(exc).__name__}: {first}") from None
+
+
+def load_weights(model, checkpoint: Path) -> None:
+    """Load a state dict (plain, or mmengine's ``{"state_dict": ...}``) without unpickling code."""
+    import torch
+
+    data = _safe_load(checkpoint)
+    state = data.get("state_dict", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{checkpoint} holds no state dict")
+    if isinstance(data, dict) and isinstance(data.get("meta", {}).get("dataset_meta"), dict):
+        model.dataset_meta = data["meta"]["dataset_meta"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.startswith("auxiliary_head.")]
+    if missing or [key for key in unexpected if not key.startswith("auxiliary_head.")]:
+        raise UserError(f"{checkpoint} does not fit the config's model: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+
+
+def config_of_checkpoint(checkpoint: Path):
+    """The config an mmengine checkpoint was trained with (saved in its ``meta``)."""
+    import torch
+    from mmengine.config import Config
+
+    data = _safe_load(checkpoint)
+    text = data.get("meta", {}).get("cfg") if isinstance(data, dict) else None
+    if not text:
+        raise UserError(f"{checkpoint} does not record its config; give CONFIG")
+    return Config.fromstring(text, ".py")
+
+
+def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None = None, device: str = "cpu",
+                echo: Callable[[str], None] = print) -> tuple[int, int, dict]:
+    """Palette-PNG predictions ``<out>/<id>.png`` for every image in a folder (resumable).
+
+    Returns:
+        ``(done, already_done, failures {id: reason})``.
+    """
+    import torch
+    from mmseg.apis import inference_model, init_model
+
+    from clipes.datasets import IMAGE_EXTENSIONS
+
+    checkpoint, images, out = (Path(p).expanduser() for p in (checkpoint, images, out))
+    if not checkpoint.is_file():
+        raise UserError(f"checkpoint not found: {checkpoint}")
+    if not images.is_dir():
+        raise UserError(f"image folder not found: {images}")
+    cfg = load_config(config) if config else config_of_checkpoint(checkpoint)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("DEVICE=cuda but no GPU is visible")
+    model = init_model(cfg, checkpoint=None, device=device)
+    load_weights(model, checkpoint)
+    model.eval()
+    paths = sorted(p for p in images.iterdir() if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not paths:
+        raise UserError(f"no images in {images}")
+    meta = getattr(model, "dataset_meta", None) or {}
+    header = {"command": manifest.command_line(), "input": {"checkpoint": str(checkpoint), "images": str(images)},
+              "classes": list(meta.get("classes", [])),
+              "format": maskstore.MASKS_FORMAT}
+    identity = manifest.identity_of({"checkpoint": file_sha256(checkpoint)})
+    run = manifest.begin_run(out, "predictions", header, identity)
+    done, failures = 0, {}
+    existing = maskstore.done_ids(out)
+    for path in paths:
+        if path.stem in existing:
+            continue
+        try:
+            with torch.no_grad():
+                result = inference_model(model, str(path))
+            label = result.pred_sem_seg.data[0].cpu().numpy().astype("uint8")  # [H, W]
+            maskstore.write_mask(maskstore.png_path(out, path.stem), label)
+            done += 1
+        except Exception as exc:
+            failures[path.stem] = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            echo(f"failed {path.stem}: {failures[path.stem]}")
+    already = len(paths) - done - len(failures)
+    manifest.end_run(out, {"finished": manifest.now(), "done": done, "already_done": already,
+                           "failed": len(failures)}, {p.stem for p in paths} - set(failures), failures, {},
+                     len(maskstore.done_ids(out)))
+    return done, already, failures
+

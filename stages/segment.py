@@ -1,0 +1,88 @@
+"""``clipes train-seg`` / ``test-seg`` / ``predict``: stage 3, an mmseg segmenter on the pseudo masks.
+
+mmseg is imported only when one of these commands runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+_PATH = click.Path(path_type=Path)
+
+
+def _common(func):
+    for decorator in reversed([
+        click.option("--config", type=_PATH, required=True, help="mmseg config (see segmenter_configs/)."),
+        click.option("--data-root", type=_PATH, help="Dataset folder [from WORK's stage-2 manifest]."),
+        click.option("--dataset", type=click.Choice(["voc12", "coco14", "custom"]), help="[from the manifest]"),
+        click.option("--images-dir", help="Image folder relative to DATA_ROOT [dataset default]."),
+        click.option("--val-split", type=_PATH, help="Validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt]."),
+        click.option("--gt-dir", type=_PATH, help="Ground-truth PNGs [DATA_ROOT/SegmentationClass(Aug)]."),
+        click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+                     help="Config override, mmengine style (repeatable), applied last."),
+        click.option("--launcher", type=click.Choice(["none", "pytorch"]), help="pytorch under torchrun [none]."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def _echo(line: str) -> None:
+    """Print once per job: on torchrun's rank 0 only."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(line)
+
+
+def _seg_options(**options):
+    from clipes.mmseg_ext.runner import SegOptions, parse_options
+    from stages.cli import only_set
+
+    options["options"] = parse_options(options.get("options") or ())
+    return SegOptions(**only_set(**options))
+
+
+@click.command("train-seg")
+@_common
+@click.option("--work", type=_PATH, required=True, help="Work folder with masks/ (labels/, confidence/ for soft).")
+@click.option("--out", type=_PATH, help="Checkpoints and logs [WORK/segmenter].")
+@click.option("--split", type=_PATH, help="Training ids [every image with a pseudo mask].")
+@click.option("--loss", type=click.Choice(["hard", "soft"]), help="Confidence-guided loss mode [the config's].")
+@click.option("--pretrained", help="Backbone weights: a path, or an open-mmlab:// / torchvision:// name.")
+@click.option("--resume/--no-resume", default=None, help="Continue from OUT's last checkpoint [resume].")
+def train_seg(**options):
+    """Train a segmenter on the pseudo masks (resumes an interrupted run in the same OUT)."""
+    from clipes.mmseg_ext.runner import run_train
+
+    out = run_train(_seg_options(**options), echo=_echo)
+    _echo(f"train-seg: done; checkpoints and logs in {out}")
+
+
+@click.command("test-seg")
+@_common
+@click.option("--checkpoint", type=_PATH, required=True, help="Trained weights (.pth).")
+@click.option("--work", type=_PATH, help="Work folder whose manifest names the dataset and classes.")
+@click.option("--out", type=_PATH, help="Logs [next to the checkpoint, test/].")
+def test_seg(**options):
+    """Evaluate a trained segmenter on validation ground truth (mIoU, per-class IoU)."""
+    from clipes.mmseg_ext.runner import run_test
+
+    metrics = run_test(_seg_options(**options), echo=_echo)
+    _echo("test-seg: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+
+
+@click.command("predict")
+@click.option("--checkpoint", type=_PATH, required=True, help="Trained weights (.pth).")
+@click.option("--images", type=_PATH, required=True, help="Folder of images.")
+@click.option("--out", type=_PATH, required=True, help="Where <id>.png predictions go (palette PNGs).")
+@click.option("--config", type=_PATH, help="mmseg config [the one saved in the checkpoint].")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+def predict(checkpoint, images, out, config, device):
+    """Write palette-PNG predictions of a trained segmenter for a folder of images (resumable)."""
+    from clipes.mmseg_ext.runner import run_predict
+
+    done, already, failures = run_predict(checkpoint, images, out, config, device, echo=click.echo)
+    click.echo(f"predict: {done} done, {already} already done, {len(failures)} failed")
+    sys.exit(1 if failures else 0)
