@@ -163,6 +163,25 @@ def _ground_truth(opts: SegOptions, dataset: str, data_root: Path) -> tuple[Path
     return val_split, gt_dir
 
 
+def _iteration(path: Path) -> int:
+    stem = path.stem
+    return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
+
+
+def _remove_unfinished_checkpoints(out: Path, last: Path) -> int:
+    """Delete ``iter_N.pth`` files newer than the one ``last_checkpoint`` names.
+
+    mmengine writes ``last_checkpoint`` only after a checkpoint is fully saved, so a later one is
+    what a killed save left half-written; the resumed run writes it again.
+    """
+    removed = 0
+    for path in out.glob("iter_*.pth"):
+        if _iteration(path) > _iteration(last):
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def _set_eval_dataset(cfg, key: str, split: Path, image_dir: Path, gt_dir: Path, metainfo: dict | None) -> None:
     loader = cfg.get(key)
     if not loader:
@@ -244,8 +263,10 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
                                          find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
     if opts.resume and (out / "last_checkpoint").is_file():
-        cfg.resume, cfg.load_from = True, None
-        echo(f"train-seg: resuming from {(out / 'last_checkpoint').read_text().strip()}")
+        last = Path((out / "last_checkpoint").read_text().strip())
+        cfg.resume, cfg.load_from = True, str(last)
+        removed = _remove_unfinished_checkpoints(out, last)
+        echo(f"train-seg: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
     cfg.merge_from_dict(opts.options)
     echo(f"train-seg: {checked} images, {mode} loss, {num_classes} classes, "
          f"validation: {val_split or 'none'}; output {out}")

@@ -1,0 +1,183 @@
+"""`clipes train-seg / test-seg / predict` end to end on a synthetic set with the tiny CPU config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipes import maskstore
+from seg_helpers import make_seg_set
+from test_cli_cams import clipes, run_and_kill
+
+TINY = Path(__file__).parents[1] / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
+THREE = ["--option", "model.decode_head.num_classes=3"]
+
+
+def train_args(work, out, iters=40, *extra):
+    return ["train-seg", "--config", TINY, "--work", work, "--out", out, *THREE,
+            "--option", f"train_cfg.max_iters={iters}", "--option", f"train_cfg.val_interval={iters}",
+            "--option", "default_hooks.checkpoint.interval=20", *extra]
+
+
+def scalars(out: Path) -> tuple[list[float], dict]:
+    """Training losses in order, and the last validation record, from mmengine's scalars.json."""
+    losses, val = [], {}
+    for path in sorted(out.glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "loss" in record:
+                losses.append(record["loss"])
+            if "mIoU" in record:
+                val = record
+    assert losses
+    return losses, val
+
+
+def majority_miou(data: Path) -> float:
+    """mIoU (%) of predicting the most frequent class everywhere on val (the baseline to beat)."""
+    ids = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    gts = [np.asarray(Image.open(data / "SegmentationClass" / f"{i}.png")) for i in ids]
+    counts = np.bincount(np.concatenate([g.ravel() for g in gts]), minlength=3)[:3]
+    return 100.0 * counts.max() / counts.sum() / 3  # IoU of the majority class, zero for the others
+
+
+@pytest.fixture(scope="module")
+def seg_set(tmp_path_factory):
+    return make_seg_set(tmp_path_factory.mktemp("segset"))
+
+
+@pytest.fixture(scope="module")
+def hard_run(seg_set):
+    data, work = seg_set
+    out = work.parent / "hard"
+    result = clipes(*train_args(work, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_tiny_config_learns(seg_set, hard_run, mode):
+    data, work = seg_set
+    if mode == "hard":
+        out, result = hard_run
+    else:
+        out = work.parent / "soft"
+        result = clipes(*train_args(work, out, 40, "--loss", "soft"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"train-seg: 24 images, {mode} loss, 3 classes" in result.stdout
+    losses, val = scalars(out)
+    assert np.mean(losses[-2:]) < 0.5 * losses[0], losses
+    baseline = majority_miou(data)
+    assert val["mIoU"] > baseline + 30, (val, baseline)
+    used = (out / TINY.name).read_text()
+    assert f"mode='{mode}'" in used
+    assert ("confidence_dir='" in used) == (mode == "soft") and ("/labels'" in used) == (mode == "soft")
+    assert (out / "iter_40.pth").is_file()
+
+
+def test_checkpoints_load_with_weights_only(hard_run):
+    out, _ = hard_run
+    data = torch.load(out / "iter_40.pth", map_location="cpu", weights_only=True)
+    assert data["meta"]["iter"] == 40 and data["state_dict"]
+
+
+def test_test_seg_and_predict(seg_set, hard_run, tmp_path):
+    data, work = seg_set
+    out, _ = hard_run
+    result = clipes("test-seg", "--config", TINY, "--work", work, "--checkpoint", out / "iter_40.pth", *THREE,
+                    "--out", tmp_path / "test")
+    assert result.returncode == 0, result.stderr[-2000:]
+    miou = float(result.stdout.split("mIoU ")[1].split(",")[0])
+    assert miou > majority_miou(data) + 30
+    images = tmp_path / "images"
+    shutil.copytree(data / "JPEGImages", images)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    result = clipes("predict", "--checkpoint", out / "iter_40.pth", "--images", images, "--out", tmp_path / "pred")
+    assert result.returncode == 1 and "predict: 24 done, 0 already done, 1 failed" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("failed broken:")]
+    prediction = maskstore.read_png(tmp_path / "pred" / "img_020.png")
+    truth = maskstore.read_png(data / "SegmentationClass" / "img_020.png")
+    assert prediction.shape == truth.shape and (prediction == truth).mean() > 0.9
+    assert json.loads((tmp_path / "pred" / "manifest.json").read_text())["stage"] == "predictions"
+    (images / "broken.jpg").unlink()
+    again = clipes("predict", "--checkpoint", out / "iter_40.pth", "--images", images, "--out", tmp_path / "pred")
+    assert again.returncode == 0 and "predict: 0 done, 24 already done, 0 failed" in again.stdout
+
+
+def test_resume_after_a_kill_continues_from_the_saved_iteration(seg_set, tmp_path):
+    _, work = seg_set
+    out = tmp_path / "resumed"
+    run_and_kill(train_args(work, out, 60), out, "last_checkpoint", count=1)
+    assert (out / "iter_20.pth").is_file() and not (out / "iter_60.pth").exists()
+    (out / "iter_40.pth").write_bytes(b"half-written")  # as a kill during the next save would leave it
+    result = clipes(*train_args(work, out, 60))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "removed 1 unfinished checkpoint" in result.stdout
+    assert "resumed epoch: 0, iter: 20" in result.stdout + result.stderr
+    assert torch.load(out / "iter_60.pth", weights_only=True)["meta"]["iter"] == 60
+
+
+def test_two_process_gloo_run(seg_set, tmp_path):
+    _, work = seg_set
+    out = tmp_path / "dist"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "stages.cli",
+                             *map(str, train_args(work, out, 20, "--launcher", "pytorch"))],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("train-seg: done") == 1  # rank 0 speaks
+    assert "Distributed training: True" in result.stdout + result.stderr
+    assert (out / "iter_20.pth").is_file()
+
+
+def _mutate(work: Path, tmp_path: Path, how: str) -> Path:
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    mask = copy / "masks" / "img_003.png"
+    if how == "size":
+        maskstore.write_mask(mask, np.zeros((10, 10), np.uint8))
+    elif how == "values":
+        label = maskstore.read_png(mask).copy()
+        label[0, 0] = 7
+        maskstore.write_mask(mask, label)
+    elif how == "missing-folder":
+        shutil.rmtree(copy / "masks")
+    elif how == "empty":
+        for path in (copy / "masks").glob("*.png"):
+            path.unlink()
+    return copy
+
+
+@pytest.mark.parametrize("how,message", [
+    ("size", "img_003.png: label map is 10x10 but the image is 96x80"),
+    ("values", "img_003.png: values [7] are neither a class (0..2) nor 255"),
+    ("missing-folder", "no pseudo masks"),
+    ("empty", "the training set split lists no images"),
+])
+def test_bad_inputs_stop_before_training(seg_set, tmp_path, how, message):
+    _, work = seg_set
+    copy = _mutate(work, tmp_path, how)
+    result = clipes(*train_args(copy, tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not list((tmp_path / "out").glob("*.pth"))
+
+
+def test_class_count_mismatch_and_unsafe_checkpoint_are_refused(seg_set, tmp_path):
+    _, work = seg_set
+    result = clipes("train-seg", "--config", TINY, "--work", work, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "num_classes=21 but the pseudo masks have 3 classes" in result.stderr
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "payload": Path("x")}, evil)  # an arbitrary pickled object
+    result = clipes("predict", "--checkpoint", evil, "--config", TINY, "--images", tmp_path, "--out", tmp_path / "p")
+    assert result.returncode == 2 and "cannot load checkpoint" in result.stderr and "safely" in result.stderr
