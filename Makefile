@@ -4,6 +4,9 @@
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
 #   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
 #   make eval WORK=... SPLIT=... [DATA_ROOT=..] [GT_DIR=..]
+#   make train-seg CONFIG=... WORK=... [DATA_ROOT=..] [GPUS=n] [PRETRAINED=..] [LOSS=hard|soft] [OPTIONS="k=v ..."]
+#   make test-seg CONFIG=... CHECKPOINT=... [WORK=..] [DATA_ROOT=..] [VAL_SPLIT=..] [GT_DIR=..]
+#   make predict CHECKPOINT=... IMAGES=... OUT=... [CONFIG=..] [DEVICE=..]
 #   make bench-cams / bench-refine   speed of stages 1 and 2
 
 SHELL := /bin/bash
@@ -21,9 +24,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo cams refine eval bench-cams bench-refine clean-demo help
+.PHONY: install test demo cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -66,6 +69,26 @@ refine: install
 eval: install
 	$(CLIPES) eval $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--data-root,$(DATA_ROOT)) \
 	  $(call opt,--gt-dir,$(GT_DIR)) $(call opt,--json,$(JSON)) $(ARGS)
+
+# Stage 3. GPUS>1 starts one process per GPU with torchrun (mmengine's pytorch launcher).
+SEG_RUN = $(if $(filter-out 0 1,$(GPUS)),$(BIN)/torchrun --nproc_per_node=$(GPUS) -m stages.cli,$(CLIPES))
+SEG_LAUNCHER = $(if $(filter-out 0 1,$(GPUS)),--launcher pytorch)
+SEG_OPTIONS = $(foreach o,$(OPTIONS),--option $(o))
+SEG_DATA = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--dataset,$(DATASET)) \
+  $(call opt,--val-split,$(VAL_SPLIT)) $(call opt,--gt-dir,$(GT_DIR))
+
+train-seg: install
+	$(SEG_RUN) train-seg $(call opt,--config,$(CONFIG)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \
+	  $(SEG_DATA) $(call opt,--split,$(SPLIT)) $(call opt,--pretrained,$(PRETRAINED)) $(call opt,--loss,$(LOSS)) \
+	  $(SEG_LAUNCHER) $(SEG_OPTIONS) $(ARGS)
+
+test-seg: install
+	$(SEG_RUN) test-seg $(call opt,--config,$(CONFIG)) $(call opt,--checkpoint,$(CHECKPOINT)) \
+	  $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) $(SEG_DATA) $(SEG_LAUNCHER) $(SEG_OPTIONS) $(ARGS)
+
+predict: install
+	$(CLIPES) predict $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) $(call opt,--out,$(OUT)) \
+	  $(call opt,--config,$(CONFIG)) $(call opt,--device,$(DEVICE)) $(ARGS)
 
 BENCH_ARGS ?=
 bench-cams: install
