@@ -1,6 +1,6 @@
 # A tiny CPU DeepLab-v2 for tests and `make demo`: ResNet-18-V1c with 16 base channels, no
 # pretraining, BN (not SyncBN), 64x64 crops of images scaled to about 128 pixels, batch 8, 300
-# iterations. Any class count: give num_classes through OPTIONS (the demo does).
+# iterations. num_classes=None: clipes train-seg takes the class count from the pseudo masks' manifest.
 _base_ = [
     'mmseg::_base_/models/deeplabv3_r50-d8.py', './_base_/clipes_pseudo_voc12-512x512.py',
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_20k.py'
@@ -13,7 +13,7 @@ model = dict(
     backbone=dict(depth=18, stem_channels=16, base_channels=16, norm_cfg=norm_cfg),
     decode_head=dict(
         _delete_=True, type='DeepLabV2Head', in_channels=128, in_index=3, dilations=(2, 4, 6, 8),
-        num_classes=21, align_corners=False,
+        num_classes=None, align_corners=False,
         loss_decode=dict(type='ConfidenceCrossEntropyLoss', mode='hard', loss_weight=1.0)),
     auxiliary_head=None)
 train_pipeline = [

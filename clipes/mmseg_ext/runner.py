@@ -109,6 +109,27 @@ def _num_classes(cfg) -> int:
     return int((head[0] if isinstance(head, list) else head)["num_classes"])
 
 
+def _fill_num_classes(cfg, info: dict, checkpoint: Path | None = None) -> None:
+    """Heads with ``num_classes=None`` get the class count of the data: background + the stage-2
+    manifest's classes, or the classes recorded in ``checkpoint``."""
+    heads = []
+    for key in ("decode_head", "auxiliary_head"):
+        value = cfg.model.get(key)
+        heads += value if isinstance(value, list) else [value] if value else []
+    if all(head.get("num_classes") is not None for head in heads):
+        return
+    count = len(info["classes"]) + 1 if info.get("classes") else None
+    if count is None and checkpoint is not None:
+        meta = _safe_load(checkpoint).get("meta", {})
+        count = len(meta.get("dataset_meta", {}).get("classes", ())) or None
+    if count is None:
+        raise UserError("the config leaves num_classes to the data, but no stage-2 manifest lists the classes; "
+                        "give WORK or OPTIONS=\"model.decode_head.num_classes=N\"")
+    for head in heads:
+        if head.get("num_classes") is None:
+            head["num_classes"] = count
+
+
 def _stage_info(work: Path) -> dict:
     data = manifest.read_manifest(work / maskstore.MASKS_STAGE) if (work / maskstore.MASKS_STAGE).is_dir() else None
     return data or {}
@@ -218,6 +239,7 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
         loss["mode"] = mode
     info = _stage_info(work)
     dataset, data_root, image_dir = _dataset_paths(opts, info)
+    _fill_num_classes(cfg, info)
     num_classes = _num_classes(cfg)
     metainfo = _metainfo(info, num_classes)
     seg_dir = work / (maskstore.MASKS_STAGE if mode == "hard" else maskstore.LABELS_STAGE)
@@ -306,6 +328,7 @@ def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
     val_split, gt_dir = _ground_truth(opts, dataset, data_root)
     if val_split is None:
         raise UserError("give VAL_SPLIT (and GT_DIR): nothing to evaluate on")
+    _fill_num_classes(cfg, info, Path(opts.checkpoint).expanduser())
     num_classes = _num_classes(cfg)
     metainfo = _metainfo(info, num_classes)
     ids = [image_id for image_id, _ in read_split(val_split)]
@@ -386,6 +409,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
     if not images.is_dir():
         raise UserError(f"image folder not found: {images}")
     cfg = load_config(config) if config else config_of_checkpoint(checkpoint)
+    _fill_num_classes(cfg, {}, checkpoint)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("DEVICE=cuda but no GPU is visible")
     model = init_model(cfg, checkpoint=None, device=device)
