@@ -364,8 +364,6 @@ def _safe_load(checkpoint: Path):
 
 def load_weights(model, checkpoint: Path) -> None:
     """Load a state dict (plain, or mmengine's ``{"state_dict": ...}``) without unpickling code."""
-    import torch
-
     data = _safe_load(checkpoint)
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
@@ -381,7 +379,6 @@ def load_weights(model, checkpoint: Path) -> None:
 
 def config_of_checkpoint(checkpoint: Path):
     """The config an mmengine checkpoint was trained with (saved in its ``meta``)."""
-    import torch
     from mmengine.config import Config
 
     data = _safe_load(checkpoint)
@@ -423,7 +420,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
               "classes": list(meta.get("classes", [])),
               "format": maskstore.MASKS_FORMAT}
     identity = manifest.identity_of({"checkpoint": file_sha256(checkpoint)})
-    run = manifest.begin_run(out, "predictions", header, identity)
+    manifest.begin_run(out, "predictions", header, identity)
     done, failures = 0, {}
     existing = maskstore.done_ids(out)
     for path in paths:
