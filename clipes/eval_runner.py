@@ -1,8 +1,10 @@
 """``clipes eval`` as a library call: mIoU of every stage folder found in a work folder.
 
-Scores ``cams`` (raw CAMs, best background exponent of 1..10), ``refined`` (best of {1, 2}) and
-``masks`` (with the 255 pixels counted as misses, and with them left out) against ground-truth
-PNGs, prints a table and writes the figures as JSON.
+Scores ``cams`` (raw CAMs, best background exponent of 1..10), ``refined`` (best of {1, 2}),
+``masks`` (with the 255 pixels counted as misses, and with them left out), ``labels`` (the CRF
+argmax before the confidence rule) and ``predictions`` (a trained segmenter's, from ``clipes
+predict``) against ground-truth PNGs, next to the most-frequent-class baseline (that class predicted
+everywhere), prints a table and writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from clipes import camstore, manifest, maskstore
 from clipes.caa import upsample_maps
 from clipes.datasets import read_split
@@ -18,7 +22,9 @@ from clipes.errors import InputError, UserError
 from clipes.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps
 from clipes.fsutil import write_json
 
-STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE)
+PREDICTIONS_STAGE = "predictions"  # written by clipes predict (mmseg_ext.runner.run_predict)
+STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.LABELS_STAGE, PREDICTIONS_STAGE)
+_PNG_STAGES = (maskstore.MASKS_STAGE, maskstore.LABELS_STAGE, PREDICTIONS_STAGE)
 
 
 @dataclass
@@ -26,7 +32,7 @@ class EvalOptions:
     """Options of ``clipes eval``.
 
     Attributes:
-        work: folder holding any of ``cams/``, ``refined/``, ``masks/``.
+        work: folder holding any of ``cams/``, ``refined/``, ``masks/``, ``labels/``, ``predictions/``.
         split: ids to score.
         data_root: dataset folder (default: the one the stage manifests name).
         gt_dir: ground-truth PNG folder (default: ``DATA_ROOT/SegmentationClassAug``, else
@@ -80,7 +86,7 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:
     work = Path(opts.work).expanduser()
     manifests = _stage_manifests(work)
     if not manifests:
-        raise UserError(f"nothing to evaluate in {work}: no cams/, refined/ or masks/ folder with a manifest")
+        raise UserError(f"nothing to evaluate in {work}: no cams/, refined/, masks/, labels/ or predictions/ folder with a manifest")
     classes = next(iter(manifests.values())).get("classes") or []
     if not classes:
         raise UserError(f"the manifests in {work} list no classes")
@@ -91,8 +97,9 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:
     confusions = {
         camstore.STAGE: {alpha: Confusion(n) for alpha in CAM_ALPHAS},
         camstore.REFINED_STAGE: {alpha: Confusion(n) for alpha in REFINED_ALPHAS},
-        maskstore.MASKS_STAGE: {None: Confusion(n)},
+        **{stage: {None: Confusion(n)} for stage in _PNG_STAGES},
     }
+    gt_pixels = np.zeros(n, dtype=np.int64)
     failures: dict[str, str] = {}
     counted = {stage: 0 for stage in manifests}
     for image_id in ids:
@@ -102,6 +109,7 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:
             failures[image_id] = str(exc)
             echo(f"failed {image_id}: {exc}")
             continue
+        gt_pixels += np.bincount(gt[gt < n].ravel(), minlength=n)
         for stage in manifests:
             try:
                 for key, pred in _predictions(stage, work / stage, image_id, confusions[stage]):
@@ -118,6 +126,7 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:
               "created": manifest.now()}
     for stage in manifests:
         report["stages"][stage] = _stage_report(stage, confusions[stage], counted[stage])
+    report["baseline"] = most_frequent_class_baseline(gt_pixels, names)
     json_path = Path(opts.json_path).expanduser() if opts.json_path else work / "eval.json"
     write_json(json_path, report)
     for line in format_report(report):
@@ -126,9 +135,27 @@ def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:
     return report
 
 
+def most_frequent_class_baseline(gt_pixels: np.ndarray, names: list[str]) -> dict:
+    """Scores of predicting the most frequent ground-truth class everywhere.
+
+    Args:
+        gt_pixels: ``[n]`` ground-truth pixel count per class (255 left out).
+        names: class names, background first.
+
+    Returns:
+        ``{"class": name, **Confusion.scores()}``; ``class`` is None when no pixel was counted.
+    """
+    confusion = Confusion(len(names))
+    if gt_pixels.sum() == 0:
+        return {"class": None, **confusion.scores()}
+    winner = int(np.argmax(gt_pixels))
+    confusion.matrix[:, winner] = gt_pixels
+    return {"class": names[winner], **confusion.scores()}
+
+
 def _predictions(stage: str, folder: Path, image_id: str, alphas: dict):
     """``(alpha or None, label map)`` pairs of one image for one stage."""
-    if stage == maskstore.MASKS_STAGE:
+    if stage in _PNG_STAGES:
         return [(None, maskstore.read_png(maskstore.png_path(folder, image_id)))]
     stored = camstore.read_cam_file(camstore.cam_path(folder, image_id))
     maps = stored.cams
@@ -142,6 +169,8 @@ def _stage_report(stage: str, confusions: dict, images: int) -> dict:
         confusion = confusions[None]
         return {"images": images, "with_ignored": confusion.scores(count_ignored=True),
                 "without_ignored": confusion.scores(count_ignored=False)}
+    if stage in _PNG_STAGES:
+        return {"images": images, **confusions[None].scores()}
     sweep = {alpha: confusion.scores()["miou"] for alpha, confusion in confusions.items()}
     best = max(sweep, key=lambda a: -1.0 if sweep[a] is None else sweep[a])
     return {"images": images, "best_alpha": best, "sweep": {str(a): v for a, v in sweep.items()},
@@ -163,10 +192,19 @@ def format_report(report: dict) -> list[str]:
                         f"(coverage {_pct(coverage).strip()}%)")
             rows.append(f"{'masks':<9} {_pct(data['without_ignored']['miou'])}  255 pixels left out")
             columns += [("masks", data["with_ignored"]), ("masks w/o 255", data["without_ignored"])]
+        elif stage in _PNG_STAGES:
+            title = {maskstore.LABELS_STAGE: "labels", PREDICTIONS_STAGE: "segmenter"}[stage]
+            what = {maskstore.LABELS_STAGE: "CRF argmax, before the confidence rule",
+                    PREDICTIONS_STAGE: "trained segmenter (predictions/)"}[stage]
+            rows.append(f"{title:<9} {_pct(data['miou'])}  {what}")
+            columns.append((title, data))
         else:
             tried = ", ".join(data["sweep"])
             rows.append(f"{stage:<9} {_pct(data['miou'])}  background exponent {data['best_alpha']} (best of {tried})")
             columns.append((stage, data))
+    baseline = report.get("baseline") or {}
+    if baseline.get("class") is not None:
+        rows.append(f"{'baseline':<9} {_pct(baseline['miou'])}  '{baseline['class']}' everywhere (most frequent class)")
     lines = [f"{'stage':<9} {'mIoU':>5}  setting (ground truth {report['ground_truth']})"] + rows
     header = f"{'class':<16}" + "".join(f" {title:>17}" for title, _ in columns)
     lines += ["", "per class IoU / precision / recall (%)", header]

@@ -13,13 +13,13 @@ _PATH = click.Path(path_type=Path)
 
 
 @click.command("eval")
-@click.option("--work", type=_PATH, required=True, help="Work folder with cams/, refined/ and/or masks/.")
+@click.option("--work", type=_PATH, required=True, help="Work folder with any of cams/, refined/, masks/, labels/, predictions/.")
 @click.option("--split", type=_PATH, required=True, help="Ids to score, one per line.")
 @click.option("--data-root", type=_PATH, help="Dataset folder [the manifests'].")
 @click.option("--gt-dir", type=_PATH, help="Ground-truth PNGs [DATA_ROOT/SegmentationClassAug or SegmentationClass].")
 @click.option("--json", "json_path", type=_PATH, help="Where the figures go [WORK/eval.json].")
 def evaluate(**options):
-    """Score raw CAMs, refined maps and pseudo masks against ground truth (255 in GT ignored)."""
+    """Score raw CAMs, refined maps, pseudo masks and segmenter predictions against ground truth (255 in GT ignored)."""
     from stages.cli import only_set
 
     report = run_eval(EvalOptions(**only_set(**options)), echo=click.echo)

@@ -168,7 +168,10 @@ def test_eval_reports_every_stage(refined_run, tmp_path):
     result = clipes("eval", "--work", work, "--split", GOLDEN / "split.txt", "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert set(report["stages"]) == {"cams", "refined", "masks"} and report["images"] == 12
+    assert set(report["stages"]) == {"cams", "refined", "masks", "labels"} and report["images"] == 12
+    # the CRF argmax, scored before the confidence rule, covers every pixel
+    assert report["stages"]["labels"]["coverage"] == pytest.approx(1.0)
+    assert report["baseline"]["class"] == "background" and 0 < report["baseline"]["miou"] < 1
     assert report["stages"]["cams"]["best_alpha"] in range(1, 11) and len(report["stages"]["cams"]["sweep"]) == 10
     assert set(report["stages"]["refined"]["sweep"]) == {"1", "2"}
     masks = report["stages"]["masks"]

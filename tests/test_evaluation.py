@@ -50,3 +50,38 @@ def test_labels_from_maps_background_exponent():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         Confusion(2).add(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def _png_stage(folder, stage, maps, classes):
+    import json
+
+    from clipes import maskstore
+
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"stage": stage, "classes": classes}))
+    for image_id, label in maps.items():
+        maskstore.write_mask(maskstore.png_path(folder, image_id), label)
+
+
+def test_eval_scores_predictions_and_labels_next_to_the_majority_baseline(tmp_path):
+    from clipes.eval_runner import EvalOptions, run_eval
+
+    gt = {"a": np.array([[0, 0, 1, 1], [0, 0, 2, 255]]), "b": np.array([[0, 0, 0, 2]])}
+    pred = {"a": np.array([[0, 1, 1, 1], [0, 0, 2, 2]]), "b": np.array([[0, 0, 2, 2]])}
+    _png_stage(tmp_path / "gt", "gt", gt, [])
+    (tmp_path / "gt" / "manifest.json").unlink()
+    _png_stage(tmp_path / "work" / "predictions", "predictions", pred, ["x", "y"])
+    _png_stage(tmp_path / "work" / "labels", "labels", gt, ["x", "y"])
+    (tmp_path / "split.txt").write_text("a\nb\n")
+    lines = []
+    report = run_eval(EvalOptions(work=tmp_path / "work", split=tmp_path / "split.txt", gt_dir=tmp_path / "gt"),
+                      echo=lines.append)
+    assert set(report["stages"]) == {"predictions", "labels"}
+    # GT 255 left out. class 0: gt 7, pred 5, tp 5 -> 5/7; class 1: gt 2, pred 3, tp 2 -> 2/3; class 2: gt 2, pred 3, tp 2
+    assert report["stages"]["predictions"]["iou"] == pytest.approx([5 / 7, 2 / 3, 2 / 3])
+    assert report["stages"]["labels"]["miou"] == pytest.approx(1.0)
+    # background everywhere: IoU 7/11 for background, 0 for the two others
+    assert report["baseline"]["class"] == "background"
+    assert report["baseline"]["miou"] == pytest.approx(7 / 11 / 3)
+    assert any(line.startswith("segmenter") for line in lines)
+    assert any(line.startswith("baseline") and "'background' everywhere" in line for line in lines)
