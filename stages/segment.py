@@ -76,13 +76,14 @@ def test_seg(**options):
 @click.command("predict")
 @click.option("--checkpoint", type=_PATH, required=True, help="Trained weights (.pth).")
 @click.option("--images", type=_PATH, required=True, help="Folder of images.")
+@click.option("--split", type=_PATH, help="Only these ids, one per line [every image in the folder].")
 @click.option("--out", type=_PATH, required=True, help="Where <id>.png predictions go (palette PNGs).")
 @click.option("--config", type=_PATH, help="mmseg config [the one saved in the checkpoint].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-def predict(checkpoint, images, out, config, device):
+def predict(checkpoint, images, out, config, device, split):
     """Write palette-PNG predictions of a trained segmenter for a folder of images (resumable)."""
     from clipes.mmseg_ext.runner import run_predict
 
-    done, already, failures = run_predict(checkpoint, images, out, config, device, echo=click.echo)
+    done, already, failures = run_predict(checkpoint, images, out, config, device, echo=click.echo, split=split)
     click.echo(f"predict: {done} done, {already} already done, {len(failures)} failed")
     sys.exit(1 if failures else 0)

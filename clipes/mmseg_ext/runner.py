@@ -17,7 +17,7 @@ from typing import Callable
 from clipes import manifest, maskstore
 from clipes.clip_loader import file_sha256
 from clipes.datasets import image_folder, read_split
-from clipes.errors import UserError
+from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
 from clipes.segdata import check_training_set
@@ -109,9 +109,9 @@ def _num_classes(cfg) -> int:
     return int((head[0] if isinstance(head, list) else head)["num_classes"])
 
 
-def _fill_num_classes(cfg, info: dict, checkpoint: Path | None = None) -> None:
+def _fill_num_classes(cfg, info: dict, checkpoint: Path | dict | None = None) -> None:
     """Heads with ``num_classes=None`` get the class count of the data: background + the stage-2
-    manifest's classes, or the classes recorded in ``checkpoint``."""
+    manifest's classes, or the classes recorded in ``checkpoint`` (a path, or its loaded content)."""
     heads = []
     for key in ("decode_head", "auxiliary_head"):
         value = cfg.model.get(key)
@@ -120,7 +120,8 @@ def _fill_num_classes(cfg, info: dict, checkpoint: Path | None = None) -> None:
         return
     count = len(info["classes"]) + 1 if info.get("classes") else None
     if count is None and checkpoint is not None:
-        meta = _safe_load(checkpoint).get("meta", {})
+        data = checkpoint if isinstance(checkpoint, dict) else _safe_load(checkpoint)
+        meta = data.get("meta", {})
         count = len(meta.get("dataset_meta", {}).get("classes", ())) or None
     if count is None:
         raise UserError("the config leaves num_classes to the data, but no stage-2 manifest lists the classes; "
@@ -362,9 +363,12 @@ def _safe_load(checkpoint: Path):
                         f"{type(exc).__name__}: {first}") from None
 
 
-def load_weights(model, checkpoint: Path) -> None:
-    """Load a state dict (plain, or mmengine's ``{"state_dict": ...}``) without unpickling code."""
-    data = _safe_load(checkpoint)
+def load_weights(model, checkpoint: Path, data: dict | None = None) -> None:
+    """Load a state dict (plain, or mmengine's ``{"state_dict": ...}``) without unpickling code.
+
+    ``data``: the checkpoint's content when already loaded (it is read from ``checkpoint`` otherwise).
+    """
+    data = _safe_load(checkpoint) if data is None else data
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{checkpoint} holds no state dict")
@@ -377,11 +381,12 @@ def load_weights(model, checkpoint: Path) -> None:
                         f"unexpected {unexpected[:3]}")
 
 
-def config_of_checkpoint(checkpoint: Path):
-    """The config an mmengine checkpoint was trained with (saved in its ``meta``)."""
+def config_of_checkpoint(checkpoint: Path, data: dict | None = None):
+    """The config an mmengine checkpoint was trained with (saved in its ``meta``); ``data`` as in
+    :func:`load_weights`."""
     from mmengine.config import Config
 
-    data = _safe_load(checkpoint)
+    data = _safe_load(checkpoint) if data is None else data
     text = data.get("meta", {}).get("cfg") if isinstance(data, dict) else None
     if not text:
         raise UserError(f"{checkpoint} does not record its config; give CONFIG")
@@ -389,8 +394,17 @@ def config_of_checkpoint(checkpoint: Path):
 
 
 def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None = None, device: str = "cpu",
-                echo: Callable[[str], None] = print) -> tuple[int, int, dict]:
+                echo: Callable[[str], None] = print, split: Path | None = None) -> tuple[int, int, dict]:
     """Palette-PNG predictions ``<out>/<id>.png`` for every image in a folder (resumable).
+
+    Args:
+        checkpoint: trained weights (read once, safely).
+        images: image folder.
+        out: prediction folder (gets a manifest, stage ``predictions``).
+        config: mmseg config (default: the one recorded in the checkpoint).
+        device: ``cpu`` or ``cuda``.
+        echo: where progress lines go.
+        split: only these ids (a missing image is a failure); default every image in the folder.
 
     Returns:
         ``(done, already_done, failures {id: reason})``.
@@ -398,22 +412,36 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
     import torch
     from mmseg.apis import inference_model, init_model
 
-    from clipes.datasets import IMAGE_EXTENSIONS
+    from clipes.datasets import IMAGE_EXTENSIONS, find_image
 
     checkpoint, images, out = (Path(p).expanduser() for p in (checkpoint, images, out))
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     if not images.is_dir():
         raise UserError(f"image folder not found: {images}")
-    cfg = load_config(config) if config else config_of_checkpoint(checkpoint)
-    _fill_num_classes(cfg, {}, checkpoint)
+    data = _safe_load(checkpoint)
+    if not isinstance(data, dict):
+        raise UserError(f"{checkpoint} holds no state dict")
+    cfg = load_config(config) if config else config_of_checkpoint(checkpoint, data)
+    _fill_num_classes(cfg, {}, data)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("DEVICE=cuda but no GPU is visible")
     model = init_model(cfg, checkpoint=None, device=device)
-    load_weights(model, checkpoint)
+    load_weights(model, checkpoint, data)
+    del data
     model.eval()
-    paths = sorted(p for p in images.iterdir() if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not paths:
+    failures = {}
+    if split is not None:
+        paths = []
+        for image_id, _ in read_split(Path(split).expanduser()):
+            try:
+                paths.append(find_image(images, image_id))
+            except InputError as exc:
+                failures[image_id] = str(exc)
+                echo(f"failed {image_id}: {exc}")
+    else:
+        paths = sorted(p for p in images.iterdir() if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not paths and not failures:
         raise UserError(f"no images in {images}")
     meta = getattr(model, "dataset_meta", None) or {}
     header = {"command": manifest.command_line(), "input": {"checkpoint": str(checkpoint), "images": str(images)},
@@ -421,7 +449,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
               "format": maskstore.MASKS_FORMAT}
     identity = manifest.identity_of({"checkpoint": file_sha256(checkpoint)})
     manifest.begin_run(out, "predictions", header, identity)
-    done, failures = 0, {}
+    done = 0
     existing = maskstore.done_ids(out)
     for path in paths:
         if path.stem in existing:
@@ -435,7 +463,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
         except Exception as exc:
             failures[path.stem] = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             echo(f"failed {path.stem}: {failures[path.stem]}")
-    already = len(paths) - done - len(failures)
+    already = len(paths) - done - len([p for p in paths if p.stem in failures])
     manifest.end_run(out, {"finished": manifest.now(), "done": done, "already_done": already,
                            "failed": len(failures)}, {p.stem for p in paths} - set(failures), failures, {},
                      len(maskstore.done_ids(out)))
