@@ -111,6 +111,13 @@ def test_test_seg_and_predict(seg_set, hard_run, tmp_path):
     (images / "broken.jpg").unlink()
     again = clipes("predict", "--checkpoint", out / "iter_40.pth", "--images", images, "--out", tmp_path / "pred")
     assert again.returncode == 0 and "predict: 0 done, 24 already done, 0 failed" in again.stdout
+    listed = tmp_path / "listed.txt"
+    listed.write_text("img_020\nimg_021\nnot_there\n")
+    some = clipes("predict", "--checkpoint", out / "iter_40.pth", "--images", images, "--out", tmp_path / "some",
+                  "--split", listed)
+    assert some.returncode == 1 and "predict: 2 done, 0 already done, 1 failed" in some.stdout
+    assert sorted(p.name for p in (tmp_path / "some").glob("*.png")) == ["img_020.png", "img_021.png"]
+    assert "failed not_there: image not found" in some.stdout
 
 
 def test_resume_after_a_kill_continues_from_the_saved_iteration(seg_set, tmp_path):
