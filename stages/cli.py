@@ -37,10 +37,10 @@ def only_set(**options) -> dict:
 
 
 def _register():
-    from stages import cams, evaluate, interop, refine, segment
+    from stages import cams, evaluate, interop, refine, segment, select_prompts
 
     for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy,
-                    segment.train_seg, segment.test_seg, segment.predict):
+                    segment.train_seg, segment.test_seg, segment.predict, select_prompts.select_prompts):
         main.add_command(command)
 
 
