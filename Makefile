@@ -1,12 +1,15 @@
 # clipes — every target installs what it needs first (into .venv) and runs from this folder.
-#   make demo            the pipeline on the bundled fixture
+#   make demo            the whole pipeline on the generated demo set with the bundled demo CLIP
+#   make demo-model      retrain the bundled demo CLIP (about half an hour on 2 cores)
 #   make test            the test suite (CPU, minutes)
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
 #   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
 #   make eval WORK=... SPLIT=... [DATA_ROOT=..] [GT_DIR=..]
 #   make train-seg CONFIG=... WORK=... [DATA_ROOT=..] [GPUS=n] [PRETRAINED=..] [LOSS=hard|soft] [OPTIONS="k=v ..."]
 #   make test-seg CONFIG=... CHECKPOINT=... [WORK=..] [DATA_ROOT=..] [VAL_SPLIT=..] [GT_DIR=..]
-#   make predict CHECKPOINT=... IMAGES=... OUT=... [CONFIG=..] [DEVICE=..]
+#   make predict CHECKPOINT=... IMAGES=... OUT=... [SPLIT=..] [CONFIG=..] [DEVICE=..]
+#   make viz WORK=... [DATA_ROOT=..] [N=..]   panels + WORK/viz/index.html; one image: clipes show <id> --work ...
+#   make select-prompts DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. [POOL=..] [N_IMAGES=n] [OUT=..]
 #   make bench-cams / bench-refine   speed of stages 1 and 2
 
 SHELL := /bin/bash
@@ -24,9 +27,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
+.PHONY: install test demo demo-model viz select-prompts cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -45,13 +48,12 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 DEMO_WORK ?= work/demo
-DEMO_DATA := tests/data/public-small
 demo: install
-	$(CLIPES) cams --dataset voc12 --data-root $(DEMO_DATA) --split $(DEMO_DATA)/split.txt \
-	  --clip $(DEMO_DATA)/clip.pt --work $(DEMO_WORK)
-	$(CLIPES) refine --work $(DEMO_WORK) --jobs 2
-	$(CLIPES) eval --work $(DEMO_WORK) --split $(DEMO_DATA)/split.txt
-	@echo "demo: $(DEMO_WORK)/cams, refined, masks (palette PNGs), confidence, eval.json; each folder has a manifest.json"
+	$(CLIPES) demo --work $(DEMO_WORK) $(ARGS)
+
+# Retrains the bundled demo CLIP (demo/clip_demo_vit16.pt); see demo/README.md for its time.
+demo-model: install
+	$(CLIPES) demo-model $(ARGS)
 
 cams: install
 	$(CLIPES) cams $(call opt,--dataset,$(DATASET)) $(call opt,--data-root,$(DATA_ROOT)) \
@@ -88,7 +90,17 @@ test-seg: install
 
 predict: install
 	$(CLIPES) predict $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) $(call opt,--out,$(OUT)) \
-	  $(call opt,--config,$(CONFIG)) $(call opt,--device,$(DEVICE)) $(ARGS)
+	  $(call opt,--split,$(SPLIT)) $(call opt,--config,$(CONFIG)) $(call opt,--device,$(DEVICE)) $(ARGS)
+
+viz: install
+	$(CLIPES) viz $(call opt,--work,$(WORK)) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--gt-dir,$(GT_DIR)) \
+	  $(call opt,--n,$(N)) $(ARGS)
+
+select-prompts: install
+	$(CLIPES) select-prompts $(call opt,--dataset,$(DATASET)) $(call opt,--data-root,$(DATA_ROOT)) \
+	  $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) $(call opt,--out,$(OUT)) $(call opt,--pool,$(POOL)) \
+	  $(call opt,--n-images,$(N_IMAGES)) $(call opt,--classes,$(CLASSES)) $(call opt,--background,$(BACKGROUND)) \
+	  $(call opt,--labels,$(LABELS)) $(call opt,--synonyms,$(SYNONYMS)) $(call opt,--device,$(DEVICE)) $(ARGS)
 
 BENCH_ARGS ?=
 bench-cams: install

@@ -37,11 +37,11 @@ def only_set(**options) -> dict:
 
 
 def _register():
-    from stages import cams, evaluate, interop, refine, segment, select_prompts, viz
+    from stages import cams, demo, evaluate, interop, refine, segment, select_prompts, viz
 
     for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy,
-                    segment.train_seg, segment.test_seg, segment.predict, select_prompts.select_prompts,
-                    viz.viz, viz.show):
+                    segment.train_seg, segment.test_seg, segment.predict, demo.demo, demo.demo_data,
+                    demo.demo_model, select_prompts.select_prompts, viz.viz, viz.show):
         main.add_command(command)
 
 

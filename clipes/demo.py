@@ -1,0 +1,144 @@
+"""``clipes demo``: the whole pipeline on the generated demo dataset and the bundled demo CLIP.
+
+Data (:mod:`clipes.demo_data`) -> cams -> refine -> train-seg (tiny DeepLab) -> predict -> eval on the
+held-out val split -> viz, every step through the same library calls as the stage commands, so the demo
+is resumable like them: run it again and finished work is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from clipes import demo_data
+from clipes.cam_runner import CamOptions, run_cams
+from clipes.errors import UserError
+from clipes.eval_runner import EvalOptions, PREDICTIONS_STAGE, run_eval
+from clipes.prompts import builtin_path
+from clipes.refine_runner import RefineOptions, run_refine
+from clipes.viz import run_viz
+
+STAGE_TITLES = (("cams", "raw CAMs"), ("refined", "refined maps (CAA)"), ("labels", "CRF labels"),
+                ("masks", "pseudo masks"), (PREDICTIONS_STAGE, "trained segmenter"))
+
+
+@dataclass
+class DemoOptions:
+    """Settings of :func:`run_demo`.
+
+    Attributes:
+        work: work folder; the dataset goes to ``<work>/data``.
+        clip: demo CLIP checkpoint.
+        seg_config: segmenter config (the tiny CPU DeepLab).
+        train / val: scenes per split (pseudo masks are made for both; val is held out from the
+            segmenter and scored).
+        seg_iters: segmenter iterations (None: the config's).
+        jobs: CRF worker processes.
+        progress: progress bars.
+    """
+
+    work: Path
+    clip: Path
+    seg_config: Path
+    train: int = 240
+    val: int = 60
+    seg_iters: int | None = None
+    jobs: int = 2
+    progress: bool = True
+
+
+def _final_checkpoint(folder: Path) -> Path:
+    pointer = folder / "last_checkpoint"
+    if not pointer.is_file():
+        raise UserError(f"the segmenter run in {folder} left no last_checkpoint")
+    return Path(pointer.read_text().strip())
+
+
+def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
+    """Run every stage on the demo data and return the eval report (``eval.json``'s content) with
+    ``seconds`` per step added under ``timing``.
+
+    Raises:
+        UserError: a stage refused its input, or a stage left failed images.
+    """
+    from clipes.mmseg_ext.runner import SegOptions, run_predict, run_train
+
+    work = Path(opts.work).expanduser()
+    data = work / "data"
+    splits = data / "ImageSets" / "Segmentation"
+    timing = {}
+
+    def timed(name, call):
+        began = time.perf_counter()
+        result = call()
+        timing[name] = round(time.perf_counter() - began, 1)
+        return result
+
+    info = timed("data", lambda: demo_data.write_voc_dataset(data, opts.train, opts.val))
+    echo(f"demo: dataset {data}: {info['splits']['train']} train + {info['splits']['val']} val scenes, "
+         f"{len(info['classes'])} classes")
+    for name, call in (
+        ("cams", lambda: run_cams(CamOptions(
+            dataset="voc12", data_root=data, split=splits / "trainval.txt", clip=str(opts.clip), work=work,
+            class_file=builtin_path("demo_classes.tsv"), background_file=builtin_path("demo_background.txt"),
+            progress=opts.progress), echo=echo)),
+        ("refine", lambda: run_refine(RefineOptions(work=work, jobs=opts.jobs, progress=opts.progress), echo=echo)),
+    ):
+        summary = timed(name, call)
+        echo(summary.line())
+        if summary.failed:
+            raise UserError(f"demo: {name} failed on {summary.failed} images (see {summary.folder}/manifest.json)")
+    seg_options = {}
+    if opts.seg_iters:
+        seg_options = {"train_cfg.max_iters": opts.seg_iters, "train_cfg.val_interval": opts.seg_iters,
+                       "param_scheduler.0.end": opts.seg_iters,
+                       "default_hooks.checkpoint.interval": opts.seg_iters}
+    out = timed("train-seg", lambda: run_train(SegOptions(
+        config=Path(opts.seg_config), work=work, split=splits / "train.txt", val_split=splits / "val.txt",
+        options=seg_options), echo=echo))
+    done, already, failures = timed("predict", lambda: run_predict(
+        _final_checkpoint(out), data / "JPEGImages", work / PREDICTIONS_STAGE, split=splits / "val.txt", echo=echo))
+    echo(f"predict: {done} done, {already} already done, {len(failures)} failed -> {work / PREDICTIONS_STAGE}")
+    if failures:
+        raise UserError(f"demo: predict failed on {len(failures)} images")
+    report = timed("eval", lambda: run_eval(EvalOptions(work=work, split=splits / "val.txt"), echo=lambda _: None))
+    report["viz"] = str(timed("viz", lambda: run_viz(work, echo=echo, progress=opts.progress)))
+    report["timing"] = timing
+    for line in summary_table(report):
+        echo(line)
+    return report
+
+
+def stage_miou(report: dict, stage: str) -> float | None:
+    """The headline mIoU (0..1) of one stage in an eval report (masks: 255 pixels counted as misses)."""
+    data = report["stages"].get(stage)
+    if data is None:
+        return None
+    return data["with_ignored"]["miou"] if stage == "masks" else data["miou"]
+
+
+def summary_table(report: dict) -> list[str]:
+    """The demo's closing table: mIoU per stage on the held-out images, the baseline, the times."""
+    def pct(value):
+        return "    -" if value is None else f"{100 * value:5.1f}"
+
+    lines = ["", f"demo: mIoU (%) on {report['images']} held-out val images "
+                 f"({len(report['classes'])} classes incl. background)"]
+    for stage, title in STAGE_TITLES:
+        if stage in report["stages"]:
+            extra = ""
+            if stage == "masks":
+                data = report["stages"]["masks"]
+                extra = (f"   ({pct(data['without_ignored']['miou']).strip()} with 255 pixels left out; "
+                         f"coverage {pct(data['with_ignored']['coverage']).strip()}%)")
+            lines.append(f"  {title:<34}{pct(stage_miou(report, stage))}{extra}")
+    baseline = report.get("baseline") or {}
+    lines.append(f"  {'baseline: ' + str(baseline.get('class')) + ' everywhere':<34}{pct(baseline.get('miou'))}")
+    if report.get("timing"):
+        lines.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in report["timing"].items()))
+    lines.append(f"  details: {report['work']}/eval.json")
+    if report.get("viz"):
+        lines.append(f"  inspect: {report['viz']} (open in a browser), or clipes show <id> --work {report['work']}")
+    return lines
