@@ -27,8 +27,7 @@ from clipes.errors import InputError, UserError
 from clipes.fsutil import remove_stale_temporaries
 from clipes.gradcam import GRAD_METHODS, softmax_gradcam
 from clipes.images import check_size, load_image, to_clip_tensor
-from clipes.prompts import (DEFAULT_TEMPLATE, check_template, default_background_file, default_class_file,
-                            load_background_file, load_class_file)
+from clipes.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
 from clipes.text import encode_prompts
 from clipes.vit import DenseViT
 
@@ -242,11 +241,7 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
         raise UserError("BATCH must be >= 1 and JOBS >= 0")
     shard = opts.shard or shard_from_env() or (0, 1)
     template = check_template(opts.template)
-    if opts.dataset == "custom" and opts.class_file is None:
-        raise UserError("DATASET=custom needs a class file (--classes FILE)")
-    classes = load_class_file(Path(opts.class_file) if opts.class_file else default_class_file(opts.dataset))
-    background = load_background_file(Path(opts.background_file) if opts.background_file
-                                      else default_background_file(opts.dataset))
+    classes, background = class_and_background_lists(opts.dataset, opts.class_file, opts.background_file)
     dataset = open_dataset(opts.dataset, Path(opts.data_root), Path(opts.split), classes,
                            labels_file=opts.labels_file, images_dir=opts.images_dir)
     loaded = load_clip(opts.clip, device)

@@ -32,8 +32,7 @@ from clipes.datasets import open_dataset
 from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, write_json
 from clipes.images import check_size, load_image, to_clip_tensor
-from clipes.prompts import (builtin_path, check_template, default_background_file, default_class_file,
-                            load_background_file, load_class_file, load_template_file)
+from clipes.prompts import builtin_path, check_template, class_and_background_lists, load_template_file
 from clipes.text import encode_prompts
 from clipes.vit import DenseViT
 
@@ -169,11 +168,7 @@ def run_select_prompts(opts: SelectOptions, echo: Callable[[str], None] = print)
     templates = [check_template(t) for t in dict.fromkeys(templates)]
     if not templates:
         raise UserError("the template pool is empty")
-    if opts.dataset == "custom" and opts.class_file is None:
-        raise UserError("DATASET=custom needs a class file (--classes FILE)")
-    classes = load_class_file(Path(opts.class_file) if opts.class_file else default_class_file(opts.dataset))
-    background = load_background_file(Path(opts.background_file) if opts.background_file
-                                      else default_background_file(opts.dataset))
+    classes, background = class_and_background_lists(opts.dataset, opts.class_file, opts.background_file)
     dataset = open_dataset(opts.dataset, Path(opts.data_root), Path(opts.split), classes,
                            labels_file=opts.labels_file, images_dir=opts.images_dir)
     device = torch.device(opts.device)

@@ -84,3 +84,17 @@ def default_class_file(dataset: str) -> Path:
 def default_background_file(dataset: str) -> Path:
     """VOC's list for voc12 and custom data, COCO's for coco14."""
     return builtin_path("coco14_background.txt" if dataset == "coco14" else "voc12_background.txt")
+
+
+def class_and_background_lists(dataset: str, class_file: Path | None = None,
+                               background_file: Path | None = None) -> tuple[ClassList, list[str]]:
+    """The class list and background prompts of a run: the user's files, else the dataset's built-ins.
+
+    Raises:
+        UserError: ``custom`` data without a class file, or an unreadable file.
+    """
+    if dataset == "custom" and class_file is None:
+        raise UserError("DATASET=custom needs a class file (--classes FILE)")
+    classes = load_class_file(Path(class_file) if class_file else default_class_file(dataset))
+    background = load_background_file(Path(background_file) if background_file else default_background_file(dataset))
+    return classes, background

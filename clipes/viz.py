@@ -16,7 +16,6 @@ filter, and a link to each panel. Layout::
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
