@@ -255,7 +255,7 @@ def draw_panel(folder: WorkFolder, view: ImageView) -> Image.Image:
     tiles = [_tile(view.image, f"{view.image_id}", "image not found")]
 
     def label_tiles(label, title, stage):
-        if stage not in folder.stages and title != "ground truth":
+        if stage not in folder.stages:
             return [_tile(None, title, f"no {stage}/ in WORK")]
         if label is None:
             return [_tile(None, title, "no file for this image")]
