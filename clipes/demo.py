@@ -86,8 +86,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
             progress=opts.progress), echo=echo)),
         ("refine", lambda: run_refine(RefineOptions(work=work, jobs=opts.jobs, progress=opts.progress), echo=echo)),
     ):
-        summary = timed(name, call)
-        echo(summary.line())
+        summary = timed(name, call)  # each stage prints its own summary line
         if summary.failed:
             raise UserError(f"demo: {name} failed on {summary.failed} images (see {summary.folder}/manifest.json)")
     seg_options = {}

@@ -39,6 +39,7 @@ optim_wrapper = dict(optimizer=dict(lr=0.01))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=300, by_epoch=False)]
 train_cfg = dict(max_iters=300, val_interval=300)
 env_cfg = dict(cudnn_benchmark=False)
+randomness = dict(seed=0)  # the same pseudo masks give the same segmenter (make demo's table is repeatable)
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=100, max_keep_ckpts=2),
