@@ -12,6 +12,7 @@ distractors; the ground-truth mask is exact because the scene is drawn from it.
 
 from __future__ import annotations
 
+import json
 import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from clipes import maskstore
+from clipes.errors import UserError
 from clipes.fsutil import atomic_open, write_json
 
 # (name, prompt words, RGB colour, texture). Order = 0-based class index, as in prompts/demo_classes.tsv.
@@ -35,7 +37,8 @@ CLASSES = (
 CLASS_NAMES = tuple(c[0] for c in CLASSES)
 PROMPTS = tuple(c[1] for c in CLASSES)
 BACKGROUNDS = ("grass", "sand", "wall", "wood", "gravel")
-IMAGE_SIZE = (224, 224)  # (H, W): one patch grid of 14 x 14 at patch 16
+IMAGE_SIZE = (224, 224)  # (H, W) of the demo CLIP's training scenes: its 14 x 14 patch grid
+DATASET_IMAGE_SIZE = (320, 320)  # the demo dataset's: a 20 x 20 grid, more patches per object for CAA and CRF
 SPLIT_SEED_BASE = {"train": 0, "val": 500_000}  # the demo CLIP trains on seeds >= 1_000_000
 
 
@@ -255,7 +258,8 @@ def _annotation_xml(image_id: str, scene: Scene) -> bytes:
     return ET.tostring(root, encoding="utf-8")
 
 
-def write_voc_dataset(root: Path, train: int, val: int, seed: int = 0) -> dict:
+def write_voc_dataset(root: Path, train: int, val: int, seed: int = 0,
+                      size: tuple[int, int] = DATASET_IMAGE_SIZE) -> dict:
     """Write (or complete) the demo dataset in VOC layout under ``root``.
 
     Existing files are kept, so a killed run resumes; every file is written atomically.
@@ -264,11 +268,21 @@ def write_voc_dataset(root: Path, train: int, val: int, seed: int = 0) -> dict:
         root: dataset folder (created).
         train / val: number of scenes per split.
         seed: added to each split's seed base (:data:`SPLIT_SEED_BASE`); the default is the demo's.
+        size: ``(H, W)`` of every scene (objects scale with it).
 
     Returns:
         The dataset description also written to ``root/dataset.json``.
     """
     root = Path(root)
+    recorded = root / "dataset.json"
+    if recorded.is_file():
+        try:
+            made = json.loads(recorded.read_text())
+        except ValueError:
+            made = {}
+        if made.get("image_size") != list(size) or made.get("seed") != seed:
+            raise UserError(f"{root} holds a demo dataset made with other settings (image size "
+                            f"{made.get('image_size')}, seed {made.get('seed')}); remove it or use another folder")
     folders = {name: root / name for name in ("JPEGImages", "Annotations", "SegmentationClass")}
     for folder in (*folders.values(), root / "ImageSets" / "Segmentation"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -282,7 +296,7 @@ def write_voc_dataset(root: Path, train: int, val: int, seed: int = 0) -> dict:
                      maskstore.png_path(folders["SegmentationClass"], image_id))
             if all(p.is_file() for p in paths):
                 continue
-            scene = render_scene(SPLIT_SEED_BASE[split] + seed + index)
+            scene = render_scene(SPLIT_SEED_BASE[split] + seed + index, size)
             with atomic_open(paths[0], "wb") as handle:
                 Image.fromarray(scene.image).save(handle, format="JPEG", quality=92)
             with atomic_open(paths[1], "wb") as handle:
@@ -293,7 +307,7 @@ def write_voc_dataset(root: Path, train: int, val: int, seed: int = 0) -> dict:
         with atomic_open(root / "ImageSets" / "Segmentation" / f"{split}.txt", "w") as handle:
             handle.write("".join(f"{i}\n" for i in ids))
     info = {"kind": "clipes demo dataset", "classes": list(CLASS_NAMES), "prompts": list(PROMPTS),
-            "backgrounds": list(BACKGROUNDS), "image_size": list(IMAGE_SIZE), "seed": seed,
+            "backgrounds": list(BACKGROUNDS), "image_size": list(size), "seed": seed,
             "splits": {k: len(v) for k, v in splits.items()}}
     write_json(root / "dataset.json", info)
     return info

@@ -4,6 +4,7 @@ from PIL import Image
 
 from clipes import demo_data, maskstore
 from clipes.datasets import open_dataset, read_split
+from clipes.errors import UserError
 from clipes.prompts import builtin_path, load_background_file, load_class_file
 
 
@@ -61,7 +62,9 @@ def test_voc_layout_reads_back_and_resumes(tmp_path):
     ds = open_dataset("voc12", tmp_path, split, load_class_file(builtin_path("demo_classes.tsv")))
     for image_id in ids:
         index = int(image_id[-4:])
-        scene = demo_data.render_scene(demo_data.SPLIT_SEED_BASE[image_id.split("_")[1]] + index)
+        scene = demo_data.render_scene(demo_data.SPLIT_SEED_BASE[image_id.split("_")[1]] + index,
+                                       demo_data.DATASET_IMAGE_SIZE)
+        assert scene.mask.shape == demo_data.DATASET_IMAGE_SIZE
         assert ds.labels(image_id) == scene.classes
         gt = maskstore.read_png(maskstore.png_path(tmp_path / "SegmentationClass", image_id))
         assert np.array_equal(gt, scene.mask)
@@ -74,6 +77,8 @@ def test_voc_layout_reads_back_and_resumes(tmp_path):
     assert (tmp_path / "JPEGImages" / "demo_val_0000.jpg").stat().st_mtime_ns == stamp
     assert (tmp_path / "SegmentationClass" / "demo_val_0001.png").is_file()
     assert not list(tmp_path.rglob("*.tmp-*"))
+    with pytest.raises(UserError, match="made with other settings"):
+        demo_data.write_voc_dataset(tmp_path, train=5, val=3, size=(224, 224))
 
 
 def test_splits_never_share_seeds_with_the_demo_clip_training():
