@@ -23,7 +23,7 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
 @click.option("--jobs", type=int, help="CRF worker processes [2].")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on].")
 def demo(work, clip, seg_config, **options):
-    """Run cams -> refine -> train-seg -> predict -> eval on the generated demo dataset."""
+    """Run cams -> refine -> train-seg -> predict -> eval -> viz on the generated demo dataset."""
     from clipes.demo import DemoOptions, run_demo
     from stages.cli import only_set
 
