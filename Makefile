@@ -1,6 +1,6 @@
 # clipes — every target installs what it needs first (into .venv) and runs from this folder.
 #   make demo            the whole pipeline on the generated demo set with the bundled demo CLIP
-#   make demo-model      retrain the bundled demo CLIP (about 16 minutes on 2 cores)
+#   make demo-model      retrain the bundled demo CLIP (about 13 minutes on 2 cores)
 #   make test            the test suite (CPU, minutes)
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
 #   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
