@@ -49,13 +49,6 @@ class DemoOptions:
     progress: bool = True
 
 
-def _final_checkpoint(folder: Path) -> Path:
-    pointer = folder / "last_checkpoint"
-    if not pointer.is_file():
-        raise UserError(f"the segmenter run in {folder} left no last_checkpoint")
-    return Path(pointer.read_text().strip())
-
-
 def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
     """Run every stage on the demo data and return the eval report (``eval.json``'s content) with
     ``seconds`` per step added under ``timing``.
@@ -63,7 +56,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
     Raises:
         UserError: a stage refused its input, or a stage left failed images.
     """
-    from clipes.mmseg_ext.runner import SegOptions, run_predict, run_train
+    from clipes.mmseg_ext.runner import SegOptions, last_checkpoint, run_predict, run_train
 
     work = Path(opts.work).expanduser()
     data = work / "data"
@@ -97,8 +90,11 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
     out = timed("train-seg", lambda: run_train(SegOptions(
         config=Path(opts.seg_config), work=work, split=splits / "train.txt", val_split=splits / "val.txt",
         options=seg_options), echo=echo))
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        raise UserError(f"the segmenter run in {out} left no last_checkpoint")
     done, already, failures = timed("predict", lambda: run_predict(
-        _final_checkpoint(out), data / "JPEGImages", work / PREDICTIONS_STAGE, split=splits / "val.txt", echo=echo))
+        checkpoint, data / "JPEGImages", work / PREDICTIONS_STAGE, split=splits / "val.txt", echo=echo))
     echo(f"predict: {done} done, {already} already done, {len(failures)} failed -> {work / PREDICTIONS_STAGE}")
     if failures:
         raise UserError(f"demo: predict failed on {len(failures)} images")

@@ -190,6 +190,12 @@ def _iteration(path: Path) -> int:
     return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
 
 
+def last_checkpoint(out: Path) -> Path | None:
+    """The checkpoint mmengine's ``last_checkpoint`` pointer in ``out`` names (None: no pointer)."""
+    pointer = Path(out) / "last_checkpoint"
+    return Path(pointer.read_text().strip()) if pointer.is_file() else None
+
+
 def _remove_unfinished_checkpoints(out: Path, last: Path) -> int:
     """Delete ``iter_N.pth`` files newer than the one ``last_checkpoint`` names.
 
@@ -285,8 +291,8 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
         if not torch.cuda.is_available():  # CPU processes: DDP without device ids
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
                                          find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
-    if opts.resume and (out / "last_checkpoint").is_file():
-        last = Path((out / "last_checkpoint").read_text().strip())
+    last = last_checkpoint(out) if opts.resume else None
+    if last is not None:
         cfg.resume, cfg.load_from = True, str(last)
         removed = _remove_unfinished_checkpoints(out, last)
         echo(f"train-seg: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
