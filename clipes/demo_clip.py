@@ -178,8 +178,8 @@ def image_features(model: torch.nn.Module, images: torch.Tensor, windows: torch.
         model: a ``clip.model.CLIP``.
         images: ``[B, 3, H, W]`` normalised, at the model's resolution.
         windows: ``[B, N]`` 0/1: average only those patches (default: all, as the CAM stage does).
-        skip: ``[L, B]`` 0/1 multiplier of each block's attention shortcut (default: 1, clip's
-            own forward). Where it is 0 the block must rebuild every token from the tokens it
+        skip: ``[B]`` 0/1 multiplier of the last block's attention shortcut (default: 1, clip's
+            own forward). Where it is 0 that block must rebuild every token from the tokens it
             attends to (see :func:`skip_mask`).
     """
     visual = model.visual
@@ -188,10 +188,12 @@ def image_features(model: torch.nn.Module, images: torch.Tensor, windows: torch.
     cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # [B, 1+N, C]
     x = visual.ln_pre(x).permute(1, 0, 2)  # [1+N, B, C]
-    for i, block in enumerate(visual.transformer.resblocks):
-        a = block.ln_1(x)
-        x = (x if skip is None else x * skip[i][None, :, None]) + block.attn(a, a, a, need_weights=False)[0]
-        x = x + block.mlp(block.ln_2(x))
+    *blocks, last = visual.transformer.resblocks
+    for block in blocks:
+        x = block(x)
+    a = last.ln_1(x)
+    x = (x if skip is None else x * skip[None, :, None]) + last.attn(a, a, a, need_weights=False)[0]
+    x = x + last.mlp(last.ln_2(x))
     x = visual.ln_post(x.permute(1, 0, 2))  # [B, 1+N, C]
     if windows is None:
         pooled = x[:, 1:].mean(dim=1)
@@ -200,14 +202,14 @@ def image_features(model: torch.nn.Module, images: torch.Tensor, windows: torch.
     return x[:, 0] @ visual.proj, pooled @ visual.proj
 
 
-def skip_mask(step: int, layers: int, batch: int, opts: TrainOptions) -> torch.Tensor:
-    """``[layers, batch]`` 0/1 shortcut multipliers of one step (a pure function of ``step``).
+def skip_mask(step: int, batch: int, opts: TrainOptions) -> torch.Tensor:
+    """``[batch]`` 0/1 multipliers of the last block's attention shortcut for one step (a pure
+    function of ``step``).
 
-    Only the last block's shortcut is ever dropped: that puts the class evidence on the path
-    softmax-GradCAM differentiates (the last block's attention).
+    Dropping that shortcut puts the class evidence on the path softmax-GradCAM differentiates (the
+    last block's attention).
     """
-    keep = np.ones((layers, batch), dtype=bool)
-    keep[-1] = np.random.default_rng(step).random(batch) >= opts.drop_last
+    keep = np.random.default_rng(step).random(batch) >= opts.drop_last
     return torch.from_numpy(keep.astype(np.float32))
 
 
@@ -292,7 +294,7 @@ def train_demo_clip(out: Path, opts: TrainOptions = TrainOptions(),
             group["lr"] = _learning_rate(step, opts)
         images, windows, texts, positives = make_batch(step, opts.batch_size)
         whole = windows.all(dim=1)
-        skip = skip_mask(step, len(model.visual.transformer.resblocks), len(images), opts)
+        skip = skip_mask(step, len(images), opts)
         cls_feat, patch_feat = image_features(model, images, windows, skip)
         text_feat = model.encode_text(clip.tokenize(texts))
         loss = contrastive_loss(patch_feat, text_feat, positives, model.logit_scale)
