@@ -386,6 +386,7 @@ def run_viz(work: Path, data_root: Path | None = None, gt_dir: Path | None = Non
     entries.sort(key=lambda e: (e[key] is None, e[key] if e[key] is not None else 0.0, e["id"]))
     if limit is not None:
         entries = entries[:limit]
+    drawn = []
     with progress_bar(len(entries), progress, "panels") as bar:
         for entry in entries:
             view = load_view(folder, entry["id"])
@@ -397,8 +398,8 @@ def run_viz(work: Path, data_root: Path | None = None, gt_dir: Path | None = Non
                 thumb = Image.fromarray(view.image) if view.image is not None else panel
                 thumb.thumbnail((160, 160))
                 _save_image(thumb.convert("RGB"), item_path(out / "thumbs", entry["id"], ".jpg"), "JPEG")
+                drawn.append(entry)
             bar.update(1)
-    drawn = [e for e in entries if item_path(out / "panels", e["id"], ".png").is_file()]
     report = out / "index.html"
     with atomic_open(report, "w") as handle:
         handle.write(report_html(drawn, folder, key))
