@@ -1,0 +1,77 @@
+"""How much can CAA gain on the demo's CAMs? Refinement with affinities other than the CLIP's attention.
+
+A diagnostic, not part of the pipeline. It takes the raw CAMs that ``make demo`` left in ``WORK/cams``
+and runs the CAA step of spec section 5 (Sinkhorn, symmetrise, square, class box masks, bilinear
+resize) on them with hand-made attention matrices instead of the CLIP's:
+
+* ``oracle``: patches attend to the patches of the same ground-truth label (majority label of each
+  patch; a small uniform floor keeps Sinkhorn defined): the best affinity CAA could be given;
+* ``local``: a Gaussian of the grid distance (sigma 1.5 patches): attention that is only positional;
+* ``uniform``: every patch attends to every patch alike, which is what Sinkhorn makes of attention
+  whose rows are all the same.
+
+Each is scored like ``clipes eval`` scores refined maps (background ``1 - max``) on the val split,
+next to the raw CAMs scored the same way. Usage::
+
+    .venv/bin/python demo/caa_ceiling.py [WORK]   # default work/demo, after make demo
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipes import camstore, maskstore
+from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
+from clipes.datasets import read_split
+from clipes.evaluation import Confusion, labels_from_maps
+
+
+def patch_labels(gt: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Majority ground-truth label of each patch, ``[h * w]``."""
+    h, w = grid
+    ph, pw = gt.shape[0] // h, gt.shape[1] // w
+    cells = torch.from_numpy(gt[:h * ph, :w * pw].astype(np.int64)).reshape(h, ph, w, pw)
+    return torch.mode(cells.permute(0, 2, 1, 3).reshape(h * w, ph * pw), dim=1).values
+
+
+def attentions(labels: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Row-stochastic ``[N, N]`` attention matrices of the three kinds (see module docstring)."""
+    h, w = grid
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    points = torch.stack([yy.flatten(), xx.flatten()], dim=1).float()  # [N, 2]
+    kinds = {
+        "oracle": (labels[:, None] == labels[None, :]).float() + 0.05,
+        "local": torch.exp(-torch.cdist(points, points) ** 2 / (2 * 1.5 ** 2)),
+        "uniform": torch.ones(h * w, h * w),
+    }
+    return {name: a / a.sum(dim=1, keepdim=True) for name, a in kinds.items()}
+
+
+def main(work: Path) -> None:
+    data = work / "data"
+    split = data / "ImageSets" / "Segmentation" / "val.txt"
+    if not (work / camstore.STAGE).is_dir() or not split.is_file():
+        sys.exit(f"error: {work} holds no demo run (run make demo first)")
+    names = ("raw CAMs", "oracle", "local", "uniform")
+    confusions = {name: Confusion(7) for name in names}
+    ids = [image_id for image_id, _ in read_split(split)]
+    for image_id in ids:
+        gt = maskstore.read_png(maskstore.png_path(data / "SegmentationClass", image_id))
+        stored = camstore.read_cam_file(camstore.cam_path(work / camstore.STAGE, image_id))
+        grid = stored.cams.shape[1:]
+        confusions["raw CAMs"].add(gt, labels_from_maps(upsample_maps(stored.cams, gt.shape), stored.keys, 1))
+        for name, attention in attentions(patch_labels(gt, grid), grid).items():
+            refined = refine_cams(affinity_from_attention(attention), stored.cams, gt.shape,
+                                  DEFAULT_BOX_THRESHOLD["voc12"])
+            confusions[name].add(gt, labels_from_maps(refined, stored.keys, 1))
+    print(f"CAA with other affinities, {len(ids)} val images of {work} (mIoU %, background 1 - max):")
+    for name in names:
+        print(f"  {name:<10}{100 * confusions[name].scores()['miou']:6.1f}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "work/demo"))
