@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipes import camstore, maskstore
+from clipes import camstore, demo_data, maskstore
 from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
 from clipes.datasets import read_split
 from clipes.evaluation import Confusion, labels_from_maps
@@ -57,15 +57,16 @@ def main(work: Path) -> None:
     if not (work / camstore.STAGE).is_dir() or not split.is_file():
         sys.exit(f"error: {work} holds no demo run (run make demo first)")
     names = ("raw CAMs", "oracle", "local", "uniform")
-    confusions = {name: Confusion(7) for name in names}
+    confusions = {name: Confusion(len(demo_data.CLASS_NAMES) + 1) for name in names}  # + background
     ids = [image_id for image_id, _ in read_split(split)]
     for image_id in ids:
         gt = maskstore.read_png(maskstore.png_path(data / "SegmentationClass", image_id))
         stored = camstore.read_cam_file(camstore.cam_path(work / camstore.STAGE, image_id))
         grid = stored.cams.shape[1:]
-        confusions["raw CAMs"].add(gt, labels_from_maps(upsample_maps(stored.cams, gt.shape), stored.keys, 1))
+        size = stored.image_size
+        confusions["raw CAMs"].add(gt, labels_from_maps(upsample_maps(stored.cams, size), stored.keys, 1))
         for name, attention in attentions(patch_labels(gt, grid), grid).items():
-            refined = refine_cams(affinity_from_attention(attention), stored.cams, gt.shape,
+            refined = refine_cams(affinity_from_attention(attention), stored.cams, size,
                                   DEFAULT_BOX_THRESHOLD["voc12"])
             confusions[name].add(gt, labels_from_maps(refined, stored.keys, 1))
     print(f"CAA with other affinities, {len(ids)} val images of {work} (mIoU %, background 1 - max):")
