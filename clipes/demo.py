@@ -35,6 +35,10 @@ class DemoOptions:
         train / val: scenes per split (pseudo masks are made for both; val is held out from the
             segmenter and scored).
         seg_iters: segmenter iterations (None: the config's).
+        attention_layers: final blocks whose attention CAA averages. The spec's 8 suits
+            ViT-B/16; in the demo CLIP only the last block's attention groups the patches of an
+            object (the block trained with its shortcut dropped, see ``demo/README.md``), so the
+            demo uses that one.
         jobs: CRF worker processes.
         progress: progress bars.
     """
@@ -45,6 +49,7 @@ class DemoOptions:
     train: int = 240
     val: int = 60
     seg_iters: int | None = None
+    attention_layers: int = 1
     jobs: int = 2
     progress: bool = True
 
@@ -77,7 +82,8 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
             dataset="voc12", data_root=data, split=splits / "trainval.txt", clip=str(opts.clip), work=work,
             class_file=builtin_path("demo_classes.tsv"), background_file=builtin_path("demo_background.txt"),
             progress=opts.progress), echo=echo)),
-        ("refine", lambda: run_refine(RefineOptions(work=work, jobs=opts.jobs, progress=opts.progress), echo=echo)),
+        ("refine", lambda: run_refine(RefineOptions(work=work, jobs=opts.jobs, attention_layers=opts.attention_layers,
+                                                      progress=opts.progress), echo=echo)),
     ):
         summary = timed(name, call)  # each stage prints its own summary line
         if summary.failed:
