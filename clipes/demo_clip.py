@@ -11,7 +11,9 @@ caption names only the objects inside it (or just the backdrop), so that each to
 describe its own neighbourhood; clip's own CLS feature is trained on the pairs whose caption
 describes the whole image. For half of the images the last block's attention shortcut is dropped
 (:func:`skip_mask`), so that its attention carries the class evidence by itself: that is the path
-softmax-GradCAM differentiates (its target is that block's ``ln_1`` output). A batch often holds
+softmax-GradCAM differentiates (its target is that block's ``ln_1`` output); it also makes that
+block's attention group the patches of an object, which is why the demo's CAA uses that block
+alone (``DemoOptions.attention_layers``). A batch often holds
 several windows that one caption describes (same objects, and the same backdrop if the caption
 names it); all of them count as positives, with equal weight.
 """
