@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipes import demo_data
+from clipes import demo_data, maskstore
 from clipes.cam_runner import CamOptions, run_cams
 from clipes.errors import UserError
-from clipes.eval_runner import EvalOptions, PREDICTIONS_STAGE, run_eval
+from clipes.eval_runner import EvalOptions, run_eval
 from clipes.prompts import builtin_path
 from clipes.refine_runner import RefineOptions, run_refine
 from clipes.viz import run_viz
 
 STAGE_TITLES = (("cams", "raw CAMs"), ("refined", "refined maps (CAA)"), ("labels", "CRF labels"),
-                ("masks", "pseudo masks"), (PREDICTIONS_STAGE, "trained segmenter"))
+                ("masks", "pseudo masks"), (maskstore.PREDICTIONS_STAGE, "trained segmenter"))
 
 
 @dataclass
@@ -99,9 +99,10 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
     checkpoint = last_checkpoint(out)
     if checkpoint is None:
         raise UserError(f"the segmenter run in {out} left no last_checkpoint")
+    predictions = work / maskstore.PREDICTIONS_STAGE
     done, already, failures = timed("predict", lambda: run_predict(
-        checkpoint, data / "JPEGImages", work / PREDICTIONS_STAGE, split=splits / "val.txt", echo=echo))
-    echo(f"predict: {done} done, {already} already done, {len(failures)} failed -> {work / PREDICTIONS_STAGE}")
+        checkpoint, data / "JPEGImages", predictions, split=splits / "val.txt", echo=echo))
+    echo(f"predict: {done} done, {already} already done, {len(failures)} failed -> {predictions}")
     if failures:
         raise UserError(f"demo: predict failed on {len(failures)} images")
     report = timed("eval", lambda: run_eval(EvalOptions(work=work, split=splits / "val.txt"), echo=lambda _: None))

@@ -22,9 +22,9 @@ from clipes.errors import InputError, UserError
 from clipes.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps
 from clipes.fsutil import write_json
 
-PREDICTIONS_STAGE = "predictions"  # written by clipes predict (mmseg_ext.runner.run_predict)
-STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.LABELS_STAGE, PREDICTIONS_STAGE)
-_PNG_STAGES = (maskstore.MASKS_STAGE, maskstore.LABELS_STAGE, PREDICTIONS_STAGE)
+STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.LABELS_STAGE,
+          maskstore.PREDICTIONS_STAGE)
+_PNG_STAGES = (maskstore.MASKS_STAGE, maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE)
 
 
 @dataclass
@@ -193,9 +193,9 @@ def format_report(report: dict) -> list[str]:
             rows.append(f"{'masks':<9} {_pct(data['without_ignored']['miou'])}  255 pixels left out")
             columns += [("masks", data["with_ignored"]), ("masks w/o 255", data["without_ignored"])]
         elif stage in _PNG_STAGES:
-            title = {maskstore.LABELS_STAGE: "labels", PREDICTIONS_STAGE: "segmenter"}[stage]
+            title = {maskstore.LABELS_STAGE: "labels", maskstore.PREDICTIONS_STAGE: "segmenter"}[stage]
             what = {maskstore.LABELS_STAGE: "CRF argmax, before the confidence rule",
-                    PREDICTIONS_STAGE: "trained segmenter (predictions/)"}[stage]
+                    maskstore.PREDICTIONS_STAGE: "trained segmenter (predictions/)"}[stage]
             rows.append(f"{title:<9} {_pct(data['miou'])}  {what}")
             columns.append((title, data))
         else:

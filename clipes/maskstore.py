@@ -24,6 +24,7 @@ from clipes.fsutil import atomic_open, ids_in, item_path
 MASKS_STAGE = "masks"
 CONFIDENCE_STAGE = "confidence"
 LABELS_STAGE = "labels"
+PREDICTIONS_STAGE = "predictions"  # a trained segmenter's labels (clipes predict), MASKS_FORMAT without 255
 PNG_STAGES = (MASKS_STAGE, CONFIDENCE_STAGE, LABELS_STAGE)  # an image is refined when all three exist
 IGNORE = 255
 SUFFIX = ".png"

@@ -32,7 +32,6 @@ from clipes.fsutil import atomic_open, item_path, write_json
 from clipes.images import load_image
 
 STAGE = "viz"
-PREDICTIONS = "predictions"
 TILE = 200  # tile width in pixels
 CAPTION = 18  # caption band height
 COLUMNS = 4
@@ -114,7 +113,7 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
         raise UserError(f"work folder not found: {work}")
     stages, manifests = [], {}
     for stage in (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,
-                  maskstore.LABELS_STAGE, PREDICTIONS):
+                  maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE):
         data = manifest.read_manifest(work / stage) if (work / stage).is_dir() else None
         if data is not None:
             stages.append(stage)
@@ -221,7 +220,7 @@ def load_view(folder: WorkFolder, image_id: str) -> ImageView:
         problems.append("image folder unknown (give DATA_ROOT)")
     stage = {s: (folder.work / s) if s in folder.stages else None for s in
              (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,
-              maskstore.LABELS_STAGE, PREDICTIONS)}
+              maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE)}
 
     def cam(name):
         path = camstore.cam_path(stage[name], image_id) if stage[name] else None
@@ -233,7 +232,7 @@ def load_view(folder: WorkFolder, image_id: str) -> ImageView:
 
     return ImageView(image_id=image_id, image=image, cams=cam(camstore.STAGE), refined=cam(camstore.REFINED_STAGE),
                      masks=png(maskstore.MASKS_STAGE), confidence=png(maskstore.CONFIDENCE_STAGE),
-                     labels=png(maskstore.LABELS_STAGE), prediction=png(PREDICTIONS),
+                     labels=png(maskstore.LABELS_STAGE), prediction=png(maskstore.PREDICTIONS_STAGE),
                      truth=png("truth", folder.gt_dir) if folder.gt_dir is not None else None, problems=problems)
 
 
@@ -284,8 +283,8 @@ def draw_panel(folder: WorkFolder, view: ImageView) -> Image.Image:
     if maskstore.LABELS_STAGE in folder.stages:
         tiles.append(_tile(palette_colours(view.labels), "CRF labels") if view.labels is not None
                      else _tile(None, "CRF labels", "no file for this image"))
-    if PREDICTIONS in folder.stages:
-        tiles += label_tiles(view.prediction, "segmenter", PREDICTIONS)
+    if maskstore.PREDICTIONS_STAGE in folder.stages:
+        tiles += label_tiles(view.prediction, "segmenter", maskstore.PREDICTIONS_STAGE)
     if folder.gt_dir is not None:
         tiles.append(_tile(palette_colours(view.truth), "ground truth") if view.truth is not None
                      else _tile(None, "ground truth", "no file for this image"))
@@ -364,7 +363,7 @@ def run_viz(work: Path, data_root: Path | None = None, gt_dir: Path | None = Non
     folder = open_work(work, data_root, gt_dir)
     ids = folder.ids()
     out = folder.work / STAGE
-    missing = [s for s in (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, PREDICTIONS)
+    missing = [s for s in (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.PREDICTIONS_STAGE)
                if s not in folder.stages]
     if missing:
         echo(f"viz: not in {folder.work}: {', '.join(s + '/' for s in missing)} (drawn as 'missing')")
@@ -377,8 +376,8 @@ def run_viz(work: Path, data_root: Path | None = None, gt_dir: Path | None = Non
             truth = _safe(lambda: _read_png(folder.gt_dir, image_id)) if folder.gt_dir else None
             masks = _safe(lambda: _read_png(folder.work / maskstore.MASKS_STAGE, image_id)) \
                 if maskstore.MASKS_STAGE in folder.stages else None
-            prediction = _safe(lambda: _read_png(folder.work / PREDICTIONS, image_id)) \
-                if PREDICTIONS in folder.stages else None
+            prediction = _safe(lambda: _read_png(folder.work / maskstore.PREDICTIONS_STAGE, image_id)) \
+                if maskstore.PREDICTIONS_STAGE in folder.stages else None
             entries.append({"id": image_id, "mask_miou": image_miou(truth, masks, n),
                             "segmenter_miou": image_miou(truth, prediction, n)})
             bar.update(1)

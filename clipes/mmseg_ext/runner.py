@@ -454,7 +454,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
               "classes": list(meta.get("classes", [])),
               "format": maskstore.MASKS_FORMAT}
     identity = manifest.identity_of({"checkpoint": file_sha256(checkpoint)})
-    manifest.begin_run(out, "predictions", header, identity)
+    manifest.begin_run(out, maskstore.PREDICTIONS_STAGE, header, identity)
     done = 0
     existing = maskstore.done_ids(out)
     for path in paths:
