@@ -39,6 +39,11 @@ class DemoOptions:
             ViT-B/16; in the demo CLIP only the last block's attention groups the patches of an
             object (the block trained with its shortcut dropped, see ``demo/README.md``), so the
             demo uses that one.
+        sinkhorn_rounds / affinity_power: CAA's normalisation rounds and matrix power. The
+            spec's 3 and 2 turn ViT-B/16's averaged attention into an affinity; the demo CLIP's
+            last block already is one, and both steps spread it onto the backdrop, so the demo
+            uses it as it is (0 rounds, power 1: symmetrised only). Chosen on the demo's train
+            split, see ``demo/README.md``.
         jobs: CRF worker processes.
         progress: progress bars.
     """
@@ -50,6 +55,8 @@ class DemoOptions:
     val: int = 60
     seg_iters: int | None = None
     attention_layers: int = 1
+    sinkhorn_rounds: int = 0
+    affinity_power: int = 1
     jobs: int = 2
     progress: bool = True
 
@@ -82,8 +89,9 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
             dataset="voc12", data_root=data, split=splits / "trainval.txt", clip=str(opts.clip), work=work,
             class_file=builtin_path("demo_classes.tsv"), background_file=builtin_path("demo_background.txt"),
             progress=opts.progress), echo=echo)),
-        ("refine", lambda: run_refine(RefineOptions(work=work, jobs=opts.jobs, attention_layers=opts.attention_layers,
-                                                      progress=opts.progress), echo=echo)),
+        ("refine", lambda: run_refine(RefineOptions(
+            work=work, jobs=opts.jobs, attention_layers=opts.attention_layers, sinkhorn_rounds=opts.sinkhorn_rounds,
+            affinity_power=opts.affinity_power, progress=opts.progress), echo=echo)),
     ):
         summary = timed(name, call)  # each stage prints its own summary line
         if summary.failed:
