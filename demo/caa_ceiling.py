@@ -31,6 +31,7 @@ from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_ca
 from clipes.datasets import read_split
 from clipes.demo import DemoOptions
 from clipes.evaluation import Confusion, labels_from_maps
+from clipes.refine_runner import RefineOptions
 
 
 def patch_labels(gt: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -55,9 +56,12 @@ def attentions(labels: torch.Tensor, grid: tuple[int, int]) -> dict[str, torch.T
 
 
 def caa_settings() -> dict[str, tuple[int, int]]:
-    """(Sinkhorn rounds, matrix power) of the demo's CAA and of the spec's."""
-    demo = {f.name: f.default for f in fields(DemoOptions)}
-    return {"demo": (demo["sinkhorn_rounds"], demo["affinity_power"]), "spec": (3, 2)}
+    """(Sinkhorn rounds, matrix power) of the demo's CAA and of the spec's (``make refine``'s defaults)."""
+    settings = {}
+    for name, options in (("demo", DemoOptions), ("spec", RefineOptions)):
+        defaults = {f.name: f.default for f in fields(options)}
+        settings[name] = (defaults["sinkhorn_rounds"], defaults["affinity_power"])
+    return settings
 
 
 def main(work: Path) -> None:
