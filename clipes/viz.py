@@ -32,6 +32,8 @@ from clipes.fsutil import atomic_open, item_path, write_json
 from clipes.images import load_image
 
 STAGE = "viz"
+DRAWN_STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,
+                maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE)  # the stage folders a panel reads
 TILE = 200  # tile width in pixels
 CAPTION = 18  # caption band height
 COLUMNS = 4
@@ -112,8 +114,7 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
     if not work.is_dir():
         raise UserError(f"work folder not found: {work}")
     stages, manifests = [], {}
-    for stage in (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,
-                  maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE):
+    for stage in DRAWN_STAGES:
         data = manifest.read_manifest(work / stage) if (work / stage).is_dir() else None
         if data is not None:
             stages.append(stage)
@@ -218,9 +219,7 @@ def load_view(folder: WorkFolder, image_id: str) -> ImageView:
         image = attempt(lambda: np.asarray(load_image(find_image(folder.image_dir, image_id))[0].convert("RGB")))
     else:
         problems.append("image folder unknown (give DATA_ROOT)")
-    stage = {s: (folder.work / s) if s in folder.stages else None for s in
-             (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,
-              maskstore.LABELS_STAGE, maskstore.PREDICTIONS_STAGE)}
+    stage = {s: (folder.work / s) if s in folder.stages else None for s in DRAWN_STAGES}
 
     def cam(name):
         path = camstore.cam_path(stage[name], image_id) if stage[name] else None
