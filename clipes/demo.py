@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipes import demo_data, maskstore
+from clipes import camstore, demo_data, maskstore
 from clipes.cam_runner import CamOptions, run_cams
 from clipes.errors import UserError
 from clipes.eval_runner import EvalOptions, run_eval
@@ -20,8 +20,9 @@ from clipes.prompts import builtin_path
 from clipes.refine_runner import RefineOptions, run_refine
 from clipes.viz import run_viz
 
-STAGE_TITLES = (("cams", "raw CAMs"), ("refined", "refined maps (CAA)"), ("labels", "CRF labels"),
-                ("masks", "pseudo masks"), (maskstore.PREDICTIONS_STAGE, "trained segmenter"))
+STAGE_TITLES = ((camstore.STAGE, "raw CAMs"), (camstore.REFINED_STAGE, "refined maps (CAA)"),
+                (maskstore.LABELS_STAGE, "CRF labels"), (maskstore.MASKS_STAGE, "pseudo masks"),
+                (maskstore.PREDICTIONS_STAGE, "trained segmenter"))
 
 
 @dataclass
@@ -126,7 +127,7 @@ def stage_miou(report: dict, stage: str) -> float | None:
     data = report["stages"].get(stage)
     if data is None:
         return None
-    return data["with_ignored"]["miou"] if stage == "masks" else data["miou"]
+    return data["with_ignored"]["miou"] if stage == maskstore.MASKS_STAGE else data["miou"]
 
 
 def summary_table(report: dict) -> list[str]:
