@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ from clipes.fsutil import remove_stale_temporaries
 from clipes.gradcam import GRAD_METHODS, softmax_gradcam
 from clipes.images import check_size, load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
+from clipes.runs import RunSummary, progress_bar, resolve_device
 from clipes.text import encode_prompts
 from clipes.vit import DenseViT
 
@@ -90,24 +91,6 @@ class CamOptions:
     progress: bool = True
 
 
-@dataclass
-class RunSummary:
-    """Outcome of one run: counts, and per-id failures and notes."""
-
-    done: int = 0
-    already_done: int = 0
-    failed: int = 0
-    failures: dict = field(default_factory=dict)
-    notes: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    folder: Path | None = None
-    stage: str = "cams"
-
-    def line(self) -> str:
-        return (f"{self.stage}: {self.done} done, {self.already_done} already done, {self.failed} failed "
-                f"-> {self.folder}")
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)`` with 0 <= i < n."""
     try:
@@ -124,19 +107,6 @@ def shard_from_env(env=os.environ) -> tuple[int, int] | None:
     if "WORLD_SIZE" in env and "RANK" in env:
         return parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}")
     return None
-
-
-def resolve_device(name: str, env=os.environ) -> torch.device:
-    """Check the device exists; under torchrun ``cuda`` means ``cuda:LOCAL_RANK``."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if not str(name).startswith("cuda"):
-        raise UserError(f"DEVICE must be cpu, cuda or cuda:N, not {name!r}")
-    if not torch.cuda.is_available():
-        raise UserError(f"DEVICE={name} but no CUDA device is available (use DEVICE=cpu)")
-    if name == "cuda" and "LOCAL_RANK" in env:
-        name = f"cuda:{int(env['LOCAL_RANK'])}"
-    return torch.device(name)
 
 
 @dataclass
@@ -340,9 +310,3 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
     echo(summary.line())
     return summary
 
-
-def progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar in images/s (silent when not enabled)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", disable=not enabled, dynamic_ncols=True, desc=desc)

@@ -177,7 +177,7 @@ def run_select_prompts(opts: SelectOptions, echo: Callable[[str], None] = print)
 
     ids = dataset.ids if opts.n_images is None else dataset.ids[: opts.n_images]
     features, labels, skipped = [], [], 0
-    from clipes.cam_runner import progress_bar
+    from clipes.runs import progress_bar
 
     with progress_bar(len(ids), opts.progress, "images") as bar:
         for image_id in ids:

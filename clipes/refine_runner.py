@@ -24,11 +24,11 @@ import torch
 
 from clipes import attncache, camstore, manifest, maskstore
 from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
-from clipes.cam_runner import RunSummary, progress_bar, resolve_device
 from clipes.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
 from clipes.datasets import DATASETS, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import remove_stale_temporaries
+from clipes.runs import RunSummary, progress_bar, resolve_device
 
 ATTENTION_SOURCES = ("auto", "recompute", "cache")
 

@@ -357,7 +357,7 @@ def run_viz(work: Path, data_root: Path | None = None, gt_dir: Path | None = Non
         echo: where messages go.
         progress: progress bar.
     """
-    from clipes.cam_runner import progress_bar
+    from clipes.runs import progress_bar
 
     folder = open_work(work, data_root, gt_dir)
     ids = folder.ids()

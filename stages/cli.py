@@ -31,11 +31,6 @@ def main():
     """clipes: weakly supervised semantic segmentation with a frozen CLIP."""
 
 
-def only_set(**options) -> dict:
-    """Keep the options the user gave (click passes None for the rest), so library defaults rule."""
-    return {key: value for key, value in options.items() if value is not None}
-
-
 def _register():
     from stages import cams, demo, evaluate, interop, refine, segment, select_prompts, viz
 

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import click
 
-_PATH = click.Path(path_type=Path)
+from stages.common import PATH, only_set
+
 _REPO = Path(__file__).resolve().parents[1]
 DEMO_CLIP = _REPO / "demo" / "clip_demo_vit16.pt"
 TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
 
 
 @click.command("demo")
-@click.option("--work", type=_PATH, default=Path("work/demo"), show_default=True, help="Work folder.")
-@click.option("--clip", type=_PATH, help=f"Demo CLIP checkpoint [{DEMO_CLIP.relative_to(_REPO)}].")
-@click.option("--seg-config", type=_PATH, help=f"Segmenter config [{TINY_CONFIG.relative_to(_REPO)}].")
+@click.option("--work", type=PATH, default=Path("work/demo"), show_default=True, help="Work folder.")
+@click.option("--clip", type=PATH, help=f"Demo CLIP checkpoint [{DEMO_CLIP.relative_to(_REPO)}].")
+@click.option("--seg-config", type=PATH, help=f"Segmenter config [{TINY_CONFIG.relative_to(_REPO)}].")
 @click.option("--train", type=int, help="Training scenes [240].")
 @click.option("--val", type=int, help="Held-out scenes [60].")
 @click.option("--seg-iters", type=int, help="Segmenter iterations [the config's: 300].")
@@ -30,14 +31,12 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
 def demo(work, clip, seg_config, **options):
     """Run cams -> refine -> train-seg -> predict -> eval -> viz on the generated demo dataset."""
     from clipes.demo import DemoOptions, run_demo
-    from stages.cli import only_set
-
     run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, seg_config=seg_config or TINY_CONFIG,
                          **only_set(**options)), echo=click.echo)
 
 
 @click.command("demo-data")
-@click.option("--out", type=_PATH, required=True, help="Dataset folder (VOC layout).")
+@click.option("--out", type=PATH, required=True, help="Dataset folder (VOC layout).")
 @click.option("--train", type=int, default=240, show_default=True, help="Training scenes.")
 @click.option("--val", type=int, default=60, show_default=True, help="Held-out scenes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Offset added to every scene seed.")
@@ -50,7 +49,7 @@ def demo_data(out, train, val, seed):
 
 
 @click.command("demo-model")
-@click.option("--out", type=_PATH, default=DEMO_CLIP, show_default=True, help="Checkpoint to write.")
+@click.option("--out", type=PATH, default=DEMO_CLIP, show_default=True, help="Checkpoint to write.")
 @click.option("--steps", type=int, help="Optimiser steps [400].")
 @click.option("--batch-size", type=int, help="Pairs per step [64].")
 @click.option("--lr", type=float, help="Peak learning rate [1e-3].")
@@ -59,7 +58,5 @@ def demo_data(out, train, val, seed):
 def demo_model(out, **options):
     """Train the demo CLIP contrastively on generated scenes and captions (resumable)."""
     from clipes.demo_clip import TrainOptions, train_demo_clip
-    from stages.cli import only_set
-
     summary = train_demo_clip(out, TrainOptions(**only_set(**options)), echo=click.echo)
     click.echo("demo-model: " + json.dumps({k: summary[k] for k in ("final_loss", "probe_accuracy", "seconds")}))

@@ -12,13 +12,12 @@ from clipes.datasets import DATASETS
 from clipes.errors import InputError, UserError
 from clipes.interop import read_clipes_npy, write_clipes_npy
 from clipes.prompts import default_class_file, load_class_file
-
-_PATH = click.Path(path_type=Path)
+from stages.common import PATH
 
 
 @click.command("export-npy")
-@click.option("--work", type=_PATH, required=True, help="Work folder with refined/.")
-@click.option("--out", type=_PATH, required=True, help="Folder for <id>.npy (CLIP-ES format: keys, attn_highres).")
+@click.option("--work", type=PATH, required=True, help="Work folder with refined/.")
+@click.option("--out", type=PATH, required=True, help="Folder for <id>.npy (CLIP-ES format: keys, attn_highres).")
 def export_npy(work: Path, out: Path):
     """Write refined maps as CLIP-ES .npy dicts (pickles, for CLIP-ES's own scripts)."""
     folder = work.expanduser() / camstore.REFINED_STAGE
@@ -39,11 +38,11 @@ def export_npy(work: Path, out: Path):
 
 
 @click.command("import-npy")
-@click.option("--npy-dir", type=_PATH, required=True, help="Folder of CLIP-ES <id>.npy files.")
-@click.option("--work", type=_PATH, required=True, help="Work folder; writes <WORK>/refined.")
+@click.option("--npy-dir", type=PATH, required=True, help="Folder of CLIP-ES <id>.npy files.")
+@click.option("--work", type=PATH, required=True, help="Work folder; writes <WORK>/refined.")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Dataset the keys index into.")
-@click.option("--data-root", type=_PATH, help="Dataset folder, recorded for clipes eval.")
-@click.option("--classes", "class_file", type=_PATH, help="Class file (needed for custom).")
+@click.option("--data-root", type=PATH, help="Dataset folder, recorded for clipes eval.")
+@click.option("--classes", "class_file", type=PATH, help="Class file (needed for custom).")
 @click.option("--allow-pickle", is_flag=True, help="Required: the .npy files are pickles; only for files you trust.")
 def import_npy(npy_dir: Path, work: Path, dataset: str, data_root, class_file, allow_pickle: bool):
     """Read CLIP-ES .npy dicts into <WORK>/refined (to score or compare them with clipes eval)."""

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from clipes.crf import CRF_COLORS, CrfParams
 from clipes.datasets import DATASETS
 from clipes.refine_runner import ATTENTION_SOURCES, RefineOptions, run_refine
+from stages.common import PATH, only_set
 
-_PATH = click.Path(path_type=Path)
 _CRF = {  # CLI name -> CrfParams field
     "crf_iterations": "iterations", "crf_gaussian_sxy": "gaussian_sxy", "crf_gaussian_compat": "gaussian_compat",
     "crf_bilateral_sxy": "bilateral_sxy", "crf_bilateral_srgb": "bilateral_srgb",
@@ -20,12 +19,12 @@ _CRF = {  # CLI name -> CrfParams field
 
 
 @click.command("refine")
-@click.option("--work", type=_PATH, required=True, help="Work folder holding cams/ (from clipes cams).")
-@click.option("--out", type=_PATH, help="Where refined/, masks/, confidence/ go [WORK].")
+@click.option("--work", type=PATH, required=True, help="Work folder holding cams/ (from clipes cams).")
+@click.option("--out", type=PATH, help="Where refined/, masks/, confidence/ go [WORK].")
 @click.option("--dataset", type=click.Choice(DATASETS), help="Expected dataset [the cams manifest's].")
-@click.option("--data-root", type=_PATH, help="Dataset folder [the cams manifest's].")
+@click.option("--data-root", type=PATH, help="Dataset folder [the cams manifest's].")
 @click.option("--images-dir", help="Image folder relative to DATA_ROOT [as for cams].")
-@click.option("--split", type=_PATH, help="Ids to refine [every image with a cams file].")
+@click.option("--split", type=PATH, help="Ids to refine [every image with a cams file].")
 @click.option("--clip", "clip_source", help="CLIP for recomputing attention [the one that made the cams].")
 @click.option("--device", help="cpu (default), cuda or cuda:N for attention and CAA.")
 @click.option("--batch", "batch_size", type=int, help="Same-size images per attention forward [1 CPU, 8 GPU].")
@@ -50,8 +49,6 @@ _CRF = {  # CLI name -> CrfParams field
 @click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar.")
 def refine(**options):
     """Class-aware attention affinity, dense CRF and the confidence rule (CLIP-ES, stage 2)."""
-    from stages.cli import only_set
-
     options = only_set(**options)
     if "clip_source" in options:
         options["clip"] = options.pop("clip_source")

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
-_PATH = click.Path(path_type=Path)
+from stages.common import PATH, only_set
 
 
 def _common(func):
     for decorator in reversed([
-        click.option("--config", type=_PATH, required=True, help="mmseg config (see segmenter_configs/)."),
-        click.option("--data-root", type=_PATH, help="Dataset folder [from WORK's stage-2 manifest]."),
+        click.option("--config", type=PATH, required=True, help="mmseg config (see segmenter_configs/)."),
+        click.option("--data-root", type=PATH, help="Dataset folder [from WORK's stage-2 manifest]."),
         click.option("--dataset", type=click.Choice(["voc12", "coco14", "custom"]), help="[from the manifest]"),
         click.option("--images-dir", help="Image folder relative to DATA_ROOT [dataset default]."),
-        click.option("--val-split", type=_PATH, help="Validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt]."),
-        click.option("--gt-dir", type=_PATH, help="Ground-truth PNGs [DATA_ROOT/SegmentationClass(Aug)]."),
+        click.option("--val-split", type=PATH, help="Validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt]."),
+        click.option("--gt-dir", type=PATH, help="Ground-truth PNGs [DATA_ROOT/SegmentationClass(Aug)]."),
         click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
                      help="Config override, mmengine style (repeatable), applied last."),
         click.option("--launcher", type=click.Choice(["none", "pytorch"]), help="pytorch under torchrun [none]."),
@@ -38,7 +37,6 @@ def _echo(line: str) -> None:
 
 def _seg_options(**options):
     from clipes.mmseg_ext.runner import SegOptions, parse_options
-    from stages.cli import only_set
 
     options["options"] = parse_options(options.get("options") or ())
     return SegOptions(**only_set(**options))
@@ -46,9 +44,9 @@ def _seg_options(**options):
 
 @click.command("train-seg")
 @_common
-@click.option("--work", type=_PATH, required=True, help="Work folder with masks/ (labels/, confidence/ for soft).")
-@click.option("--out", type=_PATH, help="Checkpoints and logs [WORK/segmenter].")
-@click.option("--split", type=_PATH, help="Training ids [every image with a pseudo mask].")
+@click.option("--work", type=PATH, required=True, help="Work folder with masks/ (labels/, confidence/ for soft).")
+@click.option("--out", type=PATH, help="Checkpoints and logs [WORK/segmenter].")
+@click.option("--split", type=PATH, help="Training ids [every image with a pseudo mask].")
 @click.option("--loss", type=click.Choice(["hard", "soft"]), help="Confidence-guided loss mode [the config's].")
 @click.option("--pretrained", help="Backbone weights: a path, or an open-mmlab:// / torchvision:// name.")
 @click.option("--resume/--no-resume", default=None, help="Continue from OUT's last checkpoint [resume].")
@@ -62,9 +60,9 @@ def train_seg(**options):
 
 @click.command("test-seg")
 @_common
-@click.option("--checkpoint", type=_PATH, required=True, help="Trained weights (.pth).")
-@click.option("--work", type=_PATH, help="Work folder whose manifest names the dataset and classes.")
-@click.option("--out", type=_PATH, help="Logs [next to the checkpoint, test/].")
+@click.option("--checkpoint", type=PATH, required=True, help="Trained weights (.pth).")
+@click.option("--work", type=PATH, help="Work folder whose manifest names the dataset and classes.")
+@click.option("--out", type=PATH, help="Logs [next to the checkpoint, test/].")
 def test_seg(**options):
     """Evaluate a trained segmenter on validation ground truth (mIoU, per-class IoU)."""
     from clipes.mmseg_ext.runner import run_test
@@ -74,11 +72,11 @@ def test_seg(**options):
 
 
 @click.command("predict")
-@click.option("--checkpoint", type=_PATH, required=True, help="Trained weights (.pth).")
-@click.option("--images", type=_PATH, required=True, help="Folder of images.")
-@click.option("--split", type=_PATH, help="Only these ids, one per line [every image in the folder].")
-@click.option("--out", type=_PATH, required=True, help="Where <id>.png predictions go (palette PNGs).")
-@click.option("--config", type=_PATH, help="mmseg config [the one saved in the checkpoint].")
+@click.option("--checkpoint", type=PATH, required=True, help="Trained weights (.pth).")
+@click.option("--images", type=PATH, required=True, help="Folder of images.")
+@click.option("--split", type=PATH, help="Only these ids, one per line [every image in the folder].")
+@click.option("--out", type=PATH, required=True, help="Where <id>.png predictions go (palette PNGs).")
+@click.option("--config", type=PATH, help="mmseg config [the one saved in the checkpoint].")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 def predict(checkpoint, images, out, config, device, split):
     """Write palette-PNG predictions of a trained segmenter for a folder of images (resumable)."""

@@ -1,0 +1,35 @@
+"""The command modules and runners import their shared helpers from rooms of their own (no cycles)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_no_stage_module_imports_the_cli_back():
+    modules = sorted(p for p in (ROOT / "stages").glob("*.py") if p.name not in ("cli.py", "__init__.py"))
+    assert len(modules) >= 8
+    for path in modules:
+        imported = _imported_modules(path)
+        assert "stages.cli" not in imported, path.name
+    uses_common = [p.name for p in modules if "stages.common" in _imported_modules(p)]
+    assert "cams.py" in uses_common and "segment.py" in uses_common
+
+
+def test_runners_take_shared_pieces_from_runs_not_from_each_other():
+    for name in ("refine_runner.py", "prompt_select.py", "viz.py"):
+        imported = _imported_modules(ROOT / "clipes" / name)
+        assert not any(m.startswith("clipes.cam_runner") for m in imported), name
+    imported = _imported_modules(ROOT / "clipes" / "refine_runner.py")
+    assert {"clipes.runs.RunSummary", "clipes.runs.progress_bar", "clipes.runs.resolve_device"} <= imported
