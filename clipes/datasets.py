@@ -130,11 +130,61 @@ def image_folder(name: str, data_root: Path, images_dir: str | None = None) -> P
     for voc12, DATA_ROOT itself otherwise).
 
     Raises:
-        UserError: DATA_ROOT or the image folder is missing.
+        UserError: DATA_ROOT or the image folder is missing (naming a subfolder of DATA_ROOT that
+            has it, such as ``VOCdevkit/VOC2012`` for ``JPEGImages``).
     """
     root = _existing_dir(Path(data_root).expanduser(), "DATA_ROOT")
     default_images = "JPEGImages" if name == "voc12" else ""
-    return _existing_dir(root / (images_dir if images_dir is not None else default_images), "image folder")
+    folder = root / (images_dir if images_dir is not None else default_images)
+    if not folder.is_dir():
+        relative = folder.relative_to(root)
+        holder = next((sub for sub in _subfolders(root) if (sub / relative).is_dir()), None)
+        hint = f"; {holder} has {relative}/: give DATA_ROOT={holder}" if holder is not None else ""
+        raise UserError(f"image folder not found: {folder}{hint}")
+    return folder
+
+
+PROBE_IMAGES = 8  # how many of a split's first ids must all be missing before a run stops
+
+
+def check_images_present(image_dir: Path, ids: list[str], probe: int = PROBE_IMAGES) -> None:
+    """Stop at once when none of the first ``probe`` ids has an image in ``image_dir``.
+
+    A wrong folder would otherwise give one failure line per image of the whole split. A few
+    missing images among present ones stay per-image failures.
+
+    Raises:
+        UserError: naming the folder looked in and, when one exists, the subfolder (up to two
+            levels down, e.g. ``JPEGImages/``, ``train2014/``, ``images/``) that holds the images.
+    """
+    first = [image_id for image_id in ids[:probe] if image_id]
+    if not first or any(_has_image(Path(image_dir), image_id) for image_id in first):
+        return
+    holder = next((sub for sub in _subfolders(Path(image_dir)) if all(_has_image(sub, i) for i in first[:2])), None)
+    hint = f"; they are in {holder}: point DATA_ROOT (or --images-dir) there" if holder is not None else ""
+    example = ", ".join(first[:2]) + (", ..." if len(first) > 2 else "")
+    raise UserError(f"none of the first {len(first)} images of the split ({example}) is in {image_dir}{hint}")
+
+
+def _has_image(folder: Path, image_id: str) -> bool:
+    return any((folder / f"{image_id}{ext}").is_file() for ext in IMAGE_EXTENSIONS)
+
+
+def _subfolders(folder: Path, depth: int = 2, limit: int = 200) -> list[Path]:
+    """Folders below ``folder``, breadth first, at most ``depth`` levels and ``limit`` folders."""
+    found, level = [], [folder]
+    for _ in range(depth):
+        below = []
+        for parent in level:
+            try:
+                below += sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+        found += below
+        level = below
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _existing_dir(path: Path, what: str) -> Path:
@@ -157,13 +207,15 @@ def open_dataset(name: str, data_root: Path, split: Path, classes: ClassList,
             DATA_ROOT itself otherwise).
 
     Raises:
-        UserError: unknown dataset, missing folders, unreadable split.
+        UserError: unknown dataset, missing folders, unreadable split, or none of the split's
+            first images in the image folder.
     """
     if name not in DATASETS:
         raise UserError(f"unknown DATASET={name}; expected one of {', '.join(DATASETS)}")
     root = _existing_dir(Path(data_root).expanduser(), "DATA_ROOT")
     rows = read_split(Path(split).expanduser())
     image_dir = image_folder(name, root, images_dir)
+    check_images_present(image_dir, [r[0] for r in rows])
     tokens = {image_id: rest for image_id, rest in rows}
     annotation_dir = None
     if name == "voc12":

@@ -25,7 +25,7 @@ import torch
 from clipes import attncache, camstore, manifest, maskstore
 from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
 from clipes.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
-from clipes.datasets import DATASETS, find_image, image_folder, read_split
+from clipes.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import remove_stale_temporaries
 from clipes.runs import RunSummary, progress_bar, resolve_device
@@ -152,6 +152,7 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
         ids = sorted(camstore.done_ids(cams_folder))
         if not ids:
             raise UserError(f"{cams_folder} holds no cams files")
+    check_images_present(image_dir, ids)
 
     cams_options = cams_manifest.get("options", {})
     caa_fields = {"attention_layers": opts.attention_layers, "sinkhorn_rounds": opts.sinkhorn_rounds,

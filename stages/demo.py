@@ -31,6 +31,7 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
 def demo(work, clip, seg_config, **options):
     """Run cams -> refine -> train-seg -> predict -> eval -> viz on the generated demo dataset."""
     from clipes.demo import DemoOptions, run_demo
+
     run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, seg_config=seg_config or TINY_CONFIG,
                          **only_set(**options)), echo=click.echo)
 
@@ -58,5 +59,6 @@ def demo_data(out, train, val, seed):
 def demo_model(out, **options):
     """Train the demo CLIP contrastively on generated scenes and captions (resumable)."""
     from clipes.demo_clip import TrainOptions, train_demo_clip
+
     summary = train_demo_clip(out, TrainOptions(**only_set(**options)), echo=click.echo)
     click.echo("demo-model: " + json.dumps({k: summary[k] for k in ("final_loss", "probe_accuracy", "seconds")}))

@@ -34,4 +34,5 @@ from stages.common import PATH, only_set
 def select_prompts(**options):
     """Rank every template of a pool by sharpness (lower first), with zero-shot mAP beside it."""
     from clipes.prompt_select import SelectOptions, run_select_prompts
+
     run_select_prompts(SelectOptions(**only_set(**options)), echo=click.echo)
