@@ -44,7 +44,13 @@ endif
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-test: install
+# Test-only packages (transformers, for the Hugging Face equality tests) go into the same venv.
+TEST_STAMP := $(VENV)/.clipes-test-installed
+$(TEST_STAMP): $(STAMP) requirements/test.txt
+	$(PIP) install -q -r requirements/test.txt
+	@touch $(TEST_STAMP)
+
+test: install $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 DEMO_WORK ?= work/demo

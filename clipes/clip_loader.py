@@ -1,9 +1,10 @@
 """Loading OpenAI CLIP checkpoints without trusting them.
 
-Accepted: an OpenAI model name (``ViT-B/16``; fetched by clip's own downloader when online), or a
+Accepted: an OpenAI model name (``ViT-B/16``; fetched by clip's own downloader when online), a
 path to an OpenAI-format checkpoint, either a TorchScript archive (the official files) or a plain
 state dict saved with ``torch.save`` (fp16 or fp32, optionally under a ``state_dict``/``model`` key,
-optionally with ``module.`` prefixes). The architecture is inferred from tensor shapes by clip's own
+optionally with ``module.`` prefixes), a ``.safetensors`` file with OpenAI key names, or a Hugging
+Face ``CLIPModel`` folder (``config.json`` + ``model.safetensors``, mapped by :mod:`clipes.hf_clip`). The architecture is inferred from tensor shapes by clip's own
 ``build_model`` (heads = width // 64). Plain files are read with ``weights_only=True``: a file that
 would need arbitrary unpickling is refused, never executed.
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from clipes import hf_clip
 from clipes.compat import import_clip
 from clipes.errors import UserError
 
@@ -43,8 +45,8 @@ class LoadedClip:
 
     Attributes:
         model: ``clip.model.CLIP`` in eval mode, fp32, on the requested device.
-        path: the checkpoint file that was read.
-        sha256: hex digest of that file.
+        path: the checkpoint file (or Hugging Face folder) that was read.
+        sha256: hex digest of that file (of a folder: of its safetensors weights).
         config: architecture read off the weights (widths, layers, heads, patch size, ...).
     """
 
@@ -70,7 +72,7 @@ def resolve_checkpoint(name_or_path: str, download_root: str | None = None) -> P
         UserError: neither an existing file nor a known OpenAI model name, or the download failed.
     """
     path = Path(os.path.expanduser(str(name_or_path)))
-    if path.is_file():
+    if path.is_file() or hf_clip.is_hf_folder(path):
         return path
     clip = import_clip()
     names = clip.available_models()
@@ -83,6 +85,8 @@ def resolve_checkpoint(name_or_path: str, download_root: str | None = None) -> P
                 f"could not download CLIP '{name_or_path}' into {root} ({type(exc).__name__}: {exc}); "
                 "pass CLIP=<path to a downloaded checkpoint> instead"
             ) from None
+    if path.is_dir():
+        raise UserError(f"CLIP checkpoint {path} is a folder without a Hugging Face {hf_clip.CONFIG}")
     if path.exists():
         raise UserError(f"CLIP checkpoint {path} is not a file")
     raise UserError(
@@ -99,11 +103,17 @@ def _is_torchscript_archive(path: Path) -> bool:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a TorchScript archive or a plain (weights-only) ``torch.save`` file.
+    """Read tensors, in OpenAI's key layout, from a TorchScript archive, a plain (weights-only)
+    ``torch.save`` file, a ``.safetensors`` file or a Hugging Face CLIP folder.
 
     Raises:
         UserError: unreadable file, a file needing arbitrary unpickling, or no tensor dict inside.
     """
+    path = Path(path)
+    if path.is_dir():
+        return hf_clip.read_hf_folder(path)
+    if path.suffix == ".safetensors":
+        return hf_clip.read_safetensors(path)
     try:
         if _is_torchscript_archive(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -195,4 +205,5 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", download_ro
     except Exception as exc:
         raise UserError(f"{path} is not a loadable CLIP checkpoint: {type(exc).__name__}: {exc}") from None
     model = model.eval().requires_grad_(False).to(device)
-    return LoadedClip(model=model, path=path, sha256=file_sha256(path), config=config)
+    sha256 = hf_clip.weights_sha256(path) if path.is_dir() else file_sha256(path)
+    return LoadedClip(model=model, path=path, sha256=sha256, config=config)
