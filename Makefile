@@ -2,6 +2,8 @@
 #   make demo            the whole pipeline on the generated demo set with the bundled demo CLIP
 #   make demo-model      retrain the bundled demo CLIP (about 13 minutes on 2 cores)
 #   make test            the test suite (CPU, minutes)
+#   make prepare-voc VOC=<VOC2012 folder> [SBD=<SBD dataset folder>]   check the tree; with SBD add train_aug
+#   make prepare-coco ANNOTATIONS=<instances_*.json> IMAGES=<image folder> [OUT=..]   split file + GT PNGs
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
 #   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
 #   make eval WORK=... SPLIT=... [DATA_ROOT=..] [GT_DIR=..]
@@ -27,9 +29,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
+.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -60,6 +62,13 @@ demo: install
 # Retrains the bundled demo CLIP (demo/clip_demo_vit16.pt); see demo/README.md for its time.
 demo-model: install
 	$(CLIPES) demo-model $(ARGS)
+
+prepare-voc: install
+	$(CLIPES) prepare-voc $(call opt,--voc,$(VOC)) $(call opt,--sbd,$(SBD)) $(ARGS)
+
+prepare-coco: install
+	$(CLIPES) prepare-coco $(call opt,--annotations,$(ANNOTATIONS)) $(call opt,--images,$(IMAGES)) \
+	  $(call opt,--out,$(OUT)) $(ARGS)
 
 cams: install
 	$(CLIPES) cams $(call opt,--dataset,$(DATASET)) $(call opt,--data-root,$(DATA_ROOT)) \

@@ -187,6 +187,25 @@ def _subfolders(folder: Path, depth: int = 2, limit: int = 200) -> list[Path]:
     return found[:limit]
 
 
+GROUND_TRUTH_FOLDERS = ("SegmentationClassAug", "SegmentationClass")
+
+
+def ground_truth_dir(data_root: Path | None, dataset: str | None = None) -> Path | None:
+    """The default ground-truth folder of a dataset, or None when there is none.
+
+    ``DATA_ROOT/SegmentationClassAug``, else ``DATA_ROOT/SegmentationClass``; for coco14, whose
+    DATA_ROOT is the image folder (``train2014/``), also ``SegmentationClass`` beside it, where
+    ``clipes prepare-coco`` writes it by default.
+    """
+    if data_root is None:
+        return None
+    root = Path(data_root).expanduser()
+    places = [root / name for name in GROUND_TRUTH_FOLDERS]
+    if dataset == "coco14":
+        places.append(root.parent / "SegmentationClass")
+    return next((place for place in places if place.is_dir()), None)
+
+
 def _existing_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{what} not found: {path}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from clipes import camstore, manifest, maskstore
 from clipes.caa import upsample_maps
-from clipes.datasets import read_split
+from clipes.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps
 from clipes.fsutil import write_json
@@ -63,15 +63,18 @@ def _ground_truth_dir(opts: EvalOptions, manifests: dict) -> Path:
         if not gt_dir.is_dir():
             raise UserError(f"ground-truth folder not found: {gt_dir}")
         return gt_dir
-    root = opts.data_root
+    root, dataset = opts.data_root, None
     for data in manifests.values():
-        root = root or data.get("dataset", {}).get("data_root") or data.get("input", {}).get("data_root")
+        recorded = data.get("dataset", {}) if isinstance(data.get("dataset"), dict) else {}
+        root = root or recorded.get("data_root") or data.get("input", {}).get("data_root")
+        dataset = dataset or recorded.get("name") or data.get("input", {}).get("dataset")
     if root is None:
         raise UserError("give DATA_ROOT or --gt-dir: no manifest says where the dataset is")
-    for name in ("SegmentationClassAug", "SegmentationClass"):
-        if (Path(root) / name).is_dir():
-            return Path(root) / name
-    raise UserError(f"no SegmentationClassAug or SegmentationClass folder in {root}; give --gt-dir")
+    found = ground_truth_dir(root, dataset)
+    if found is None:
+        raise UserError(f"no SegmentationClassAug or SegmentationClass folder in {root}"
+                        + (" or beside it" if dataset == "coco14" else "") + "; give --gt-dir")
+    return found
 
 
 def run_eval(opts: EvalOptions, echo: Callable[[str], None] = print) -> dict:

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from clipes import camstore, manifest, maskstore
 from clipes.caa import upsample_maps
-from clipes.datasets import find_image, image_folder
+from clipes.datasets import find_image, ground_truth_dir, image_folder
 from clipes.errors import InputError, UserError
 from clipes.evaluation import Confusion
 from clipes.fsutil import atomic_open, item_path, write_json
@@ -64,16 +64,6 @@ def heat_colours(heat: np.ndarray) -> np.ndarray:
 def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``alpha`` of ``colours`` over ``image`` (both ``[H, W, 3]`` uint8)."""
     return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).round().astype(np.uint8)
-
-
-def ground_truth_dir(data_root: Path | None) -> Path | None:
-    """``DATA_ROOT/SegmentationClassAug`` or ``SegmentationClass`` when one exists."""
-    if data_root is None:
-        return None
-    for name in ("SegmentationClassAug", "SegmentationClass"):
-        if (Path(data_root) / name).is_dir():
-            return Path(data_root) / name
-    return None
 
 
 @dataclass
@@ -135,7 +125,7 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
     if gt_dir is not None and not Path(gt_dir).is_dir():
         raise UserError(f"ground-truth folder not found: {gt_dir}")
     return WorkFolder(work=work, classes=["background"] + list(classes), image_dir=image_dir,
-                      gt_dir=Path(gt_dir) if gt_dir else ground_truth_dir(Path(root) if root else None),
+                      gt_dir=Path(gt_dir) if gt_dir else ground_truth_dir(root, dataset),
                       stages=stages)
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from clipes import manifest, maskstore
 from clipes.clip_loader import file_sha256
-from clipes.datasets import image_folder, read_split
+from clipes.datasets import ground_truth_dir, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
@@ -174,12 +174,7 @@ def _ground_truth(opts: SegOptions, dataset: str, data_root: Path) -> tuple[Path
     if val_split is None and dataset == "voc12":
         default = data_root / "ImageSets" / "Segmentation" / "val.txt"
         val_split = default if default.is_file() else None
-    gt_dir = Path(opts.gt_dir).expanduser() if opts.gt_dir else None
-    if gt_dir is None:
-        for name in ("SegmentationClass", "SegmentationClassAug"):
-            if (data_root / name).is_dir():
-                gt_dir = data_root / name
-                break
+    gt_dir = Path(opts.gt_dir).expanduser() if opts.gt_dir else ground_truth_dir(data_root, dataset)
     if val_split is not None and gt_dir is None:
         raise UserError(f"validation split {val_split} given but no ground truth: give GT_DIR")
     return val_split, gt_dir
