@@ -91,7 +91,7 @@ eval: install
 SEG_RUN = $(if $(filter-out 0 1,$(GPUS)),$(BIN)/torchrun --nproc_per_node=$(GPUS) -m stages.cli,$(CLIPES))
 SEG_LAUNCHER = $(if $(filter-out 0 1,$(GPUS)),--launcher pytorch)
 SEG_OPTIONS = $(foreach o,$(OPTIONS),--option $(o))
-SEG_DATA = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--dataset,$(DATASET)) \
+SEG_DATA = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--dataset,$(DATASET)) $(call opt,--classes,$(CLASSES)) \
   $(call opt,--val-split,$(VAL_SPLIT)) $(call opt,--gt-dir,$(GT_DIR))
 
 train-seg: install

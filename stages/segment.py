@@ -17,7 +17,9 @@ def _common(func):
     for decorator in reversed([
         click.option("--config", type=PATH, required=True, help="mmseg config (see segmenter_configs/)."),
         click.option("--data-root", type=PATH, help="Dataset folder [from WORK's stage-2 manifest]."),
-        click.option("--dataset", type=click.Choice(["voc12", "coco14", "custom"]), help="[from the manifest]"),
+        click.option("--dataset", type=click.Choice(["voc12", "coco14", "custom"]),
+                     help="[from the manifest]; voc12/coco14 also name the classes of masks made elsewhere."),
+        click.option("--classes", type=PATH, help="Class file for masks made elsewhere [manifest, else DATASET's]."),
         click.option("--images-dir", help="Image folder relative to DATA_ROOT [dataset default]."),
         click.option("--val-split", type=PATH, help="Validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt]."),
         click.option("--gt-dir", type=PATH, help="Ground-truth PNGs [DATA_ROOT/SegmentationClass(Aug)]."),

@@ -189,3 +189,45 @@ def test_class_count_mismatch_and_unsafe_checkpoint_are_refused(seg_set, tmp_pat
     torch.save({"state_dict": {}, "payload": Path("x")}, evil)  # an arbitrary pickled object
     result = clipes("predict", "--checkpoint", evil, "--config", TINY, "--images", tmp_path, "--out", tmp_path / "p")
     assert result.returncode == 2 and "cannot load checkpoint" in result.stderr and "safely" in result.stderr
+
+
+def _foreign_masks(work, tmp_path):
+    """The same masks without clipes' manifest, as CLIP-ES's own PNGs or a colleague's would come."""
+    copy = tmp_path / "foreign"
+    shutil.copytree(work / "masks", copy / "masks")
+    (copy / "masks" / "manifest.json").unlink()
+    return copy
+
+
+def test_masks_made_elsewhere_take_their_classes_from_dataset_or_a_class_file(seg_set, tmp_path):
+    from clipes.errors import UserError
+    from clipes.mmseg_ext.runner import SegOptions, train_config
+
+    data, work = seg_set
+    foreign = _foreign_masks(work, tmp_path)
+    base = dict(config=TINY, work=foreign, out=tmp_path / "out", data_root=data, val_split=None)
+    with pytest.raises(UserError) as info:
+        train_config(SegOptions(**base), echo=lambda _: None)
+    assert "give DATASET=voc12|coco14 or CLASSES=<class file>" in str(info.value)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("rectangle\ndisc\n")
+    cfg = train_config(SegOptions(**base, classes=classes), echo=lambda _: None)
+    assert cfg.model.decode_head.num_classes == 3
+    assert cfg.train_dataloader.dataset.metainfo["classes"] == ("background", "rectangle", "disc")
+    voc = train_config(SegOptions(**base, dataset="voc12"), echo=lambda _: None)
+    assert voc.model.decode_head.num_classes == 21
+    assert voc.train_dataloader.dataset.metainfo["classes"][1:3] == ("aeroplane", "bicycle")
+
+
+def test_train_seg_cli_on_masks_made_elsewhere_with_a_class_file(seg_set, tmp_path):
+    data, work = seg_set
+    foreign = _foreign_masks(work, tmp_path)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("rectangle\ndisc\n")
+    args = ["train-seg", "--config", TINY, "--work", foreign, "--out", tmp_path / "out", "--data-root", data,
+            "--option", "train_cfg.max_iters=2", "--option", "train_cfg.val_interval=2"]
+    refused = clipes(*args)
+    assert refused.returncode == 2 and "give DATASET=voc12|coco14 or CLASSES=<class file>" in refused.stderr
+    result = clipes(*args, "--classes", classes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "iter_2.pth").is_file()

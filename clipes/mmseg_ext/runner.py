@@ -20,6 +20,7 @@ from clipes.datasets import ground_truth_dir, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
+from clipes.prompts import BUILTIN, default_class_file, load_class_file
 from clipes.segdata import check_training_set
 
 LOSS_TYPE = "ConfidenceCrossEntropyLoss"
@@ -36,7 +37,10 @@ class SegOptions:
         work: clipes work folder (``masks/`` etc.); optional for ``test-seg``.
         out: mmengine work dir [WORK/segmenter].
         data_root: dataset folder [from the stage-2 manifest].
-        dataset: voc12, coco14 or custom [from the manifest].
+        dataset: voc12, coco14 or custom [from the manifest]; for masks made elsewhere (no clipes
+            manifest), voc12 or coco14 also gives the class list.
+        classes: class file (``name`` or ``name<TAB>prompt`` per line) for masks made elsewhere
+            [the manifest's classes, else the dataset's built-in list].
         images_dir: image folder relative to DATA_ROOT [dataset default].
         split: training ids [every image with a pseudo mask].
         val_split: validation ids [DATA_ROOT/ImageSets/Segmentation/val.txt when it exists].
@@ -54,6 +58,7 @@ class SegOptions:
     out: Path | None = None
     data_root: Path | None = None
     dataset: str | None = None
+    classes: Path | None = None
     images_dir: str | None = None
     split: Path | None = None
     val_split: Path | None = None
@@ -124,16 +129,24 @@ def _fill_num_classes(cfg, info: dict, checkpoint: Path | dict | None = None) ->
         meta = data.get("meta", {})
         count = len(meta.get("dataset_meta", {}).get("classes", ())) or None
     if count is None:
-        raise UserError("the config leaves num_classes to the data, but no stage-2 manifest lists the classes; "
-                        "give WORK or OPTIONS=\"model.decode_head.num_classes=N\"")
+        raise UserError("the config leaves num_classes to the data, but no clipes manifest lists the classes "
+                        "(masks made elsewhere?): give DATASET=voc12|coco14 or CLASSES=<class file>, or "
+                        "OPTIONS=\"model.decode_head.num_classes=N\"")
     for head in heads:
         if head.get("num_classes") is None:
             head["num_classes"] = count
 
 
-def _stage_info(work: Path) -> dict:
-    data = manifest.read_manifest(work / maskstore.MASKS_STAGE) if (work / maskstore.MASKS_STAGE).is_dir() else None
-    return data or {}
+def _stage_info(work: Path | None, opts: SegOptions) -> dict:
+    """The masks manifest of ``work``; for masks made elsewhere (no manifest, or one without classes),
+    the classes come from ``opts.classes`` or the built-in list of ``opts.dataset``."""
+    folder = Path(work).expanduser() / maskstore.MASKS_STAGE if work is not None else None
+    info = dict((manifest.read_manifest(folder) if folder is not None and folder.is_dir() else None) or {})
+    if opts.classes is not None:
+        info["classes"] = list(load_class_file(Path(opts.classes).expanduser()).names)
+    elif not info.get("classes") and opts.dataset in BUILTIN:
+        info["classes"] = list(load_class_file(default_class_file(opts.dataset)).names)
+    return info
 
 
 def _dataset_paths(opts: SegOptions, info: dict) -> tuple[str, Path, Path]:
@@ -239,7 +252,7 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
         raise UserError(f"loss mode must be hard or soft, not {mode!r}")
     for loss in losses:
         loss["mode"] = mode
-    info = _stage_info(work)
+    info = _stage_info(work, opts)
     dataset, data_root, image_dir = _dataset_paths(opts, info)
     _fill_num_classes(cfg, info)
     num_classes = _num_classes(cfg)
@@ -325,7 +338,7 @@ def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
     cfg.merge_from_dict(opts.options)
     if opts.checkpoint is None or not Path(opts.checkpoint).expanduser().is_file():
         raise UserError(f"checkpoint not found: {opts.checkpoint}")
-    info = _stage_info(Path(opts.work).expanduser()) if opts.work else {}
+    info = _stage_info(opts.work, opts)
     dataset, data_root, image_dir = _dataset_paths(opts, info)
     val_split, gt_dir = _ground_truth(opts, dataset, data_root)
     if val_split is None:
