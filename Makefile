@@ -7,7 +7,7 @@
 #   make cams DATASET=voc12 DATA_ROOT=... SPLIT=... CLIP=... WORK=... [DEVICE=cpu] [BATCH=n] [JOBS=n]
 #   make refine WORK=... [DATASET=..] [DATA_ROOT=..] [SPLIT=..] [CLIP=..] [DEVICE=..] [JOBS=n] [OUT=..]
 #   make eval WORK=... SPLIT=... [DATA_ROOT=..] [GT_DIR=..]
-#   make train-seg CONFIG=... WORK=... [DATA_ROOT=..] [GPUS=n] [PRETRAINED=..] [LOSS=hard|soft] [OPTIONS="k=v ..."]
+#   make train-seg CONFIG=... WORK=... [DATA_ROOT=..] [GPUS=n] [PRETRAINED=..] [LOSS=hard|soft] [OPTIONS="k=v ..."] [VERBOSE=1]
 #   make test-seg CONFIG=... CHECKPOINT=... [WORK=..] [DATA_ROOT=..] [VAL_SPLIT=..] [GT_DIR=..]
 #   make predict CHECKPOINT=... IMAGES=... OUT=... [SPLIT=..] [CONFIG=..] [DEVICE=..]
 #   make viz WORK=... [DATA_ROOT=..] [N=..]   panels + WORK/viz/index.html; one image: clipes show <id> --work ...
@@ -90,7 +90,7 @@ eval: install
 # Stage 3. GPUS>1 starts one process per GPU with torchrun (mmengine's pytorch launcher).
 SEG_RUN = $(if $(filter-out 0 1,$(GPUS)),$(BIN)/torchrun --nproc_per_node=$(GPUS) -m stages.cli,$(CLIPES))
 SEG_LAUNCHER = $(if $(filter-out 0 1,$(GPUS)),--launcher pytorch)
-SEG_OPTIONS = $(foreach o,$(OPTIONS),--option $(o))
+SEG_OPTIONS = $(foreach o,$(OPTIONS),--option $(o)) $(if $(filter-out 0,$(VERBOSE)),--verbose)
 SEG_DATA = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--dataset,$(DATASET)) $(call opt,--classes,$(CLASSES)) \
   $(call opt,--val-split,$(VAL_SPLIT)) $(call opt,--gt-dir,$(GT_DIR))
 

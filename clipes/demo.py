@@ -104,7 +104,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
                        "default_hooks.checkpoint.interval": opts.seg_iters}
     out = timed("train-seg", lambda: run_train(SegOptions(
         config=Path(opts.seg_config), work=work, split=splits / "train.txt", val_split=splits / "val.txt",
-        options=seg_options), echo=echo))
+        options=seg_options, progress=opts.progress), echo=echo))
     checkpoint = last_checkpoint(out)
     if checkpoint is None:
         raise UserError(f"the segmenter run in {out} left no last_checkpoint")

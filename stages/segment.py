@@ -26,6 +26,8 @@ def _common(func):
         click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
                      help="Config override, mmengine style (repeatable), applied last."),
         click.option("--launcher", type=click.Choice(["none", "pytorch"]), help="pytorch under torchrun [none]."),
+        click.option("--verbose", is_flag=True, default=None,
+                     help="Also print mmengine's whole log on the console [progress bar; full log in OUT]."),
     ]):
         func = decorator(func)
     return func
@@ -52,6 +54,7 @@ def _seg_options(**options):
 @click.option("--loss", type=click.Choice(["hard", "soft"]), help="Confidence-guided loss mode [the config's].")
 @click.option("--pretrained", help="Backbone weights: a path, or an open-mmlab:// / torchvision:// name.")
 @click.option("--resume/--no-resume", default=None, help="Continue from OUT's last checkpoint [resume].")
+@click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar.")
 def train_seg(**options):
     """Train a segmenter on the pseudo masks (resumes an interrupted run in the same OUT)."""
     from clipes.mmseg_ext.runner import run_train

@@ -231,3 +231,26 @@ def test_train_seg_cli_on_masks_made_elsewhere_with_a_class_file(seg_set, tmp_pa
     result = clipes(*args, "--classes", classes)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "iter_2.pth").is_file()
+
+
+def test_console_shows_a_progress_bar_and_validation_lines_and_the_full_log_goes_to_the_file(hard_run):
+    out, result = hard_run
+    console = result.stdout + result.stderr
+    assert "train-seg: validation at iteration 40: aAcc" in console and "mIoU" in console
+    assert "train-seg:" in result.stderr and "it/s" in result.stderr  # tqdm's bar
+    assert f"train-seg: done; checkpoints and logs in {out}" in result.stdout
+    for dump in ("System environment", "Config:", "Hooks will be executed", "Iter(train)", "UserWarning"):
+        assert dump not in console, dump
+    logs = sorted(out.glob("*/*.log"))
+    assert logs
+    text = logs[-1].read_text()
+    assert "System environment" in text and "Iter(train)" in text and "Iter(val)" in text
+    assert f"full log in {logs[-1]}" in result.stdout
+
+
+def test_verbose_prints_mmengines_log_as_before(seg_set, tmp_path):
+    _, work = seg_set
+    result = clipes(*train_args(work, tmp_path / "out", 2), "--verbose")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "System environment" in result.stdout and "Iter(val)" in result.stdout
+    assert "validation at iteration" not in result.stdout + result.stderr

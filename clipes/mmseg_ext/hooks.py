@@ -63,3 +63,64 @@ class PlainCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = restore_message_hub(checkpoint["message_hub"])
+
+
+def _is_scalar(value) -> bool:
+    """A number, numpy scalar or 0-d tensor (mmseg's metrics are numpy float32)."""
+    return isinstance(value, (int, float)) or getattr(value, "ndim", None) == 0
+
+
+@HOOKS.register_module()
+class ProgressHook(Hook):
+    """What a person watching ``train-seg`` needs on the console, while mmengine's full log goes to its file.
+
+    A progress bar over the iterations (resumed runs start where they stopped) with the loss, the
+    learning rate and tqdm's ETA; one line per validation with its metrics. Only the main process
+    of a multi-process run draws.
+
+    Args:
+        enabled: draw the bar (the validation lines are printed either way).
+    """
+
+    priority = "BELOW_NORMAL"
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._bar = None
+
+    def before_train(self, runner) -> None:
+        from mmengine.dist import is_main_process
+        from tqdm import tqdm
+
+        self._main = is_main_process()
+        self._bar = tqdm(total=runner.max_iters, initial=runner.iter, unit="it", desc="train-seg",
+                         dynamic_ncols=True, disable=not (self.enabled and self._main))
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._bar is None:
+            return
+        postfix = {}
+        if isinstance(outputs, dict) and outputs.get("loss") is not None:
+            loss = outputs["loss"]
+            postfix["loss"] = f"{float(loss.detach() if hasattr(loss, 'detach') else loss):.4f}"
+        rates = runner.optim_wrapper.get_lr().get("lr") if hasattr(runner.optim_wrapper, "get_lr") else None
+        if rates:
+            postfix["lr"] = f"{float(rates[0]):.2e}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if not getattr(self, "_main", True):
+            return
+        shown = ", ".join(f"{key} {float(value):.2f}" for key, value in (metrics or {}).items()
+                          if _is_scalar(value))
+        line = f"train-seg: validation at iteration {runner.iter}: {shown or 'no metrics'}"
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line)
+
+    def after_train(self, runner) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

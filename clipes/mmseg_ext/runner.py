@@ -10,6 +10,7 @@ checkpoint. Everything is checked before the Runner starts.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,6 +52,10 @@ class SegOptions:
         options: mmengine ``key=value`` overrides, applied last.
         launcher: ``none`` or ``pytorch`` (torchrun).
         resume: resume from the last checkpoint in ``out`` when there is one.
+        verbose: print mmengine's whole log (environment, config, hooks, every log line) on the
+            console as well; otherwise the console shows a progress bar and one line per
+            validation, and the full log goes only to the log file in ``out``.
+        progress: draw the progress bar (when not verbose).
     """
 
     config: Path
@@ -69,6 +74,8 @@ class SegOptions:
     options: dict = field(default_factory=dict)
     launcher: str = "none"
     resume: bool = True
+    verbose: bool = False
+    progress: bool = True
 
 
 def parse_options(pairs) -> dict:
@@ -290,7 +297,10 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
     cfg.work_dir = str(out)
     hooks = list(cfg.get("custom_hooks") or [])
     if not any(hook.get("type") == "PlainCheckpointHook" for hook in hooks):
-        cfg.custom_hooks = hooks + [dict(type="PlainCheckpointHook")]
+        hooks = hooks + [dict(type="PlainCheckpointHook")]
+    if not opts.verbose and not any(hook.get("type") == "ProgressHook" for hook in hooks):
+        hooks = hooks + [dict(type="ProgressHook", enabled=opts.progress)]
+    cfg.custom_hooks = hooks
     cfg.launcher = opts.launcher
     if opts.launcher != "none":
         import torch
@@ -310,7 +320,35 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
     return cfg
 
 
-def _runner(cfg):
+def _quiet_runner_class():
+    """mmengine's Runner whose console shows errors only: the environment report, config dump, hook
+    table and log lines (and Python warnings raised while it runs) go to its log file alone."""
+    import logging
+    import warnings
+
+    from mmengine.runner import Runner
+
+    class QuietRunner(Runner):
+        def build_logger(self, *args, **kwargs):
+            logger = super().build_logger(*args, **kwargs)
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler:  # the console; FileHandler is a subclass
+                    handler.setLevel(logging.ERROR)
+
+            def to_log(message, category, filename, lineno, file=None, line=None):
+                logger.warning(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+            warnings.showwarning = to_log
+            return logger
+
+    return QuietRunner
+
+
+@contextlib.contextmanager
+def _runner(cfg, verbose: bool = True):
+    """The Runner for ``cfg`` (quiet on the console unless ``verbose``); warnings are shown as before afterwards."""
+    import warnings
+
     import torch
     from mmengine.runner import Runner
 
@@ -321,14 +359,27 @@ def _runner(cfg):
 
         if not dist.is_initialized():
             dist.init_process_group(backend="gloo")
-    return Runner.from_cfg(cfg)
+    shown = warnings.showwarning
+    try:
+        yield (Runner if verbose else _quiet_runner_class()).from_cfg(cfg)
+    finally:
+        warnings.showwarning = shown
+
+
+def _log_file(runner) -> str:
+    import logging
+
+    files = [h.baseFilename for h in runner.logger.handlers if isinstance(h, logging.FileHandler)]
+    return files[0] if files else str(runner.log_dir)
 
 
 def run_train(opts: SegOptions, echo: Callable[[str], None] = print) -> Path:
     """Train; returns the output folder (checkpoints, logs, the config used)."""
     cfg = train_config(opts, echo)
-    runner = _runner(cfg)
-    runner.train()
+    with _runner(cfg, opts.verbose) as runner:
+        if not opts.verbose:
+            echo(f"train-seg: full log in {_log_file(runner)}")
+        runner.train()
     return Path(cfg.work_dir)
 
 
@@ -360,8 +411,10 @@ def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
 def run_test(opts: SegOptions, echo: Callable[[str], None] = print) -> dict:
     """Evaluate a checkpoint; returns mmseg's metrics (``mIoU``, ``aAcc``, ``mAcc`` in percent)."""
     cfg = test_config(opts, echo)
-    runner = _runner(cfg)
-    metrics = runner.test()
+    with _runner(cfg, opts.verbose) as runner:
+        if not opts.verbose:
+            echo(f"test-seg: full log in {_log_file(runner)}")
+        metrics = runner.test()
     return {key: float(value) for key, value in metrics.items()}
 
 
