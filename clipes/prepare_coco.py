@@ -130,6 +130,8 @@ def prepare_coco(annotations: Path, images: Path, out: Path | None = None, echo:
         by_id[image_id] = info
     annotated = [i for i, info in by_id.items() if coco.imgToAnns.get(info["id"])]
     unannotated = len(by_id) - len(annotated)
+    if not annotated:
+        raise UserError(f"{annotations}: none of its {len(by_id)} images has an annotation")
     check_images_present(images, annotated)
     summary = RunSummary(folder=out / "SegmentationClass", stage="prepare-coco")
     present = []
