@@ -11,6 +11,7 @@ checkpoint. Everything is checked before the Runner starts.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -324,7 +325,6 @@ def _quiet_runner_class():
     """mmengine's Runner whose console shows errors only: the environment report, config dump, hook
     table and log lines (and Python warnings raised while it runs) go to its log file alone."""
     import logging
-    import warnings
 
     from mmengine.runner import Runner
 
@@ -347,8 +347,6 @@ def _quiet_runner_class():
 @contextlib.contextmanager
 def _runner(cfg, verbose: bool = True):
     """The Runner for ``cfg`` (quiet on the console unless ``verbose``); warnings are shown as before afterwards."""
-    import warnings
-
     import torch
     from mmengine.runner import Runner
 
@@ -493,7 +491,9 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
     _fill_num_classes(cfg, {}, data)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("DEVICE=cuda but no GPU is visible")
-    model = init_model(cfg, checkpoint=None, device=device)
+    with warnings.catch_warnings():  # mmseg's own builder calls its deprecated build_loss
+        warnings.filterwarnings("ignore", message="``build_loss`` would be deprecated")
+        model = init_model(cfg, checkpoint=None, device=device)
     load_weights(model, checkpoint, data)
     del data
     model.eval()
