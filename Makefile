@@ -12,7 +12,7 @@
 #   make predict CHECKPOINT=... IMAGES=... OUT=... [SPLIT=..] [CONFIG=..] [DEVICE=..]
 #   make viz WORK=... [DATA_ROOT=..] [N=..]   panels + WORK/viz/index.html; one image: clipes show <id> --work ...
 #   make select-prompts DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. [POOL=..] [N_IMAGES=n] [OUT=..]
-#   make bench-cams / bench-refine   speed of stages 1 and 2
+#   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -29,7 +29,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict bench-cams bench-refine clean-demo help
+.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict bench-cams bench-refine bench-pipeline clean-demo help
 help:
 	@sed -n '2,16p' Makefile | sed 's/^# \{0,1\}//'
 
@@ -123,6 +123,10 @@ bench-cams: install
 
 bench-refine: install
 	$(BIN)/python benchmarks/bench_refine.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+# The real commands (cams --save-affinity, refine --no-crf, refine) at two split sizes: what a user gets.
+bench-pipeline: install
+	$(BIN)/python benchmarks/bench_pipeline.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

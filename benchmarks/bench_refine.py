@@ -64,7 +64,8 @@ def main():
             cache = tmp / f"{i}.npz"
             attncache.write_attention(cache, attention.cpu().numpy(), cams.shape[1:])
             rows["attention (cache read)"].append(timed(lambda: attncache.read_attention(cache), device)[0])
-            seconds, refined = timed(lambda: refine_cams(affinity_from_attention(attention), cams, (375, 500), 0.4),
+            seconds, refined = timed(lambda: refine_cams(affinity_from_attention(attention, power=1), cams, (375, 500),
+                                                         0.4, power=2),
                                      device)
             rows["affinity + CAA"].append(seconds)
             ready.append(_Ready(str(i), np.arange(args.labels), refined.astype(np.float16).astype(np.float32), path))

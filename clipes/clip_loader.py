@@ -199,11 +199,13 @@ def load_clip(name_or_path: str, device: str | torch.device = "cpu", download_ro
     try:
         model = clip.model.build_model(dict(state)).float()
         # build_model casts to fp16 before loading; load again so fp32 checkpoints keep their values
-        # (fp16 ones are unchanged: every fp16 value is exact in fp32).
+        # (fp16 ones are unchanged: every fp16 value is exact in fp32). load_state_dict copies
+        # tensor by tensor into the fp32 parameters, so no second full-size copy is ever held.
         own = model.state_dict()
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items() if k in own})
+        model.load_state_dict({k: v for k, v in state.items() if k in own})
     except Exception as exc:
         raise UserError(f"{path} is not a loadable CLIP checkpoint: {type(exc).__name__}: {exc}") from None
+    del state, own  # the checkpoint's tensors are no longer needed
     model = model.eval().requires_grad_(False).to(device)
     sha256 = hf_clip.weights_sha256(path) if path.is_dir() else file_sha256(path)
     return LoadedClip(model=model, path=path, sha256=sha256, config=config)

@@ -251,8 +251,9 @@ def _refine_chunk(ids, cams_folder, image_dir, refined_folder, have_refined, att
     for image_id, image_path, cams in pending:
         if image_id not in maps:
             continue
-        affinity = affinity_from_attention(maps[image_id].to(device), opts.sinkhorn_rounds, opts.affinity_power)
-        refined = refine_cams(affinity, cams.cams, cams.image_size, threshold)
+        # T itself; refine_cams applies T**power as repeated products with the CAMs (no N**3 product)
+        affinity = affinity_from_attention(maps[image_id].to(device), opts.sinkhorn_rounds, power=1)
+        refined = refine_cams(affinity, cams.cams, cams.image_size, threshold, power=opts.affinity_power)
         camstore.write_cam_file(camstore.cam_path(refined_folder, image_id), cams.keys, refined, cams.image_size,
                                 dtype=np.float16)
         ready.append(_Ready(image_id, cams.keys, refined.astype(np.float16).astype(np.float32), image_path))

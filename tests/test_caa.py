@@ -35,6 +35,7 @@ def test_refine_on_grid_masks_source_columns():
     cams = torch.rand(2, 2, 3, generator=torch.Generator().manual_seed(2))
     masks = torch.tensor([[[1, 0, 1], [0, 0, 1]], [[0, 0, 0], [1, 1, 1]]], dtype=torch.float32)
     out = refine_on_grid(t, cams, masks)
+    assert torch.allclose(refine_on_grid(t, cams, masks, power=3), refine_on_grid(t @ t @ t, cams, masks), atol=1e-5)
     for k in range(2):
         explicit = (t * masks[k].reshape(1, 6)) @ cams[k].reshape(6, 1)  # the reference's form
         assert torch.allclose(out[k].reshape(6, 1), explicit, atol=1e-6)
@@ -113,6 +114,12 @@ def test_refined_maps_match_reference_on_every_label(golden_vit, golden_debug):
         np.testing.assert_array_equal(np.stack(masks), ref["box_mask"])
         out = refine_cams(affinity_from_attention(attention), ref["gradcam_patch"], tuple(ref["ori_hw"]), 0.4)
         diff = np.abs(out - reference["attn_highres"].astype(np.float32)).max(axis=(1, 2))
+        assert (diff <= 2e-3).all(), (image_id, diff)
+        # the runner's way: T applied twice to the CAMs instead of forming T @ T
+        applied = refine_cams(affinity_from_attention(attention, power=1), ref["gradcam_patch"],
+                              tuple(ref["ori_hw"]), 0.4, power=2)
+        assert np.abs(applied - out).max() <= 1e-5
+        diff = np.abs(applied - reference["attn_highres"].astype(np.float32)).max(axis=(1, 2))
         assert (diff <= 2e-3).all(), (image_id, diff)
         labels += len(diff)
     assert labels == 18
