@@ -4,19 +4,23 @@ Builds the ``bench_cams.py`` model (a ViT-B/16-sized random CLIP saved as an fp1
 dict) and a VOC-layout folder of synthetic 500x375 JPEGs with 2 labels each, then runs, as
 separate processes exactly as typed on a shell:
 
+* ``clipes cams`` (the CAMs alone);
 * ``clipes cams --save-affinity`` (the CAMs plus the attention cache refine reads);
 * ``clipes refine --no-crf`` (CAA: the maps the original CLIP-ES CAM stage writes);
-* ``clipes refine`` (CAA + dense CRF + confidence rule), in a second output folder;
+* ``clipes refine --jobs J`` (CAA + dense CRF + confidence rule) for each J of ``--crf-jobs``, in
+  other output folders;
 
-each on the first ``--small`` and on all ``--large`` images, in fresh work folders. For each it
-prints the wall seconds of both runs, the marginal seconds per additional image
-``(t(large) - t(small)) / (large - small)``, the same in plain forwards of the image tower (timed
-in this process on the same images), the start-up seconds ``t(small) - small * marginal``, and the
-peak resident memory of the command's process. ``cams + refine --no-crf`` is the figure to set
-against the original CAM stage.
+each on the first ``--small`` and on all ``--large`` images, in fresh work folders, ``--repeat``
+times (the CRF runs once), keeping the fastest of the repeats (the run least disturbed by the
+machine's other load). For each it prints the wall seconds at both sizes, the marginal seconds per
+additional image ``(t(large) - t(small)) / (large - small)``, the same in plain forwards of the
+image tower (timed in this process on the same images before and after the commands; the lower
+median is the yardstick), the start-up seconds ``t(small) - small * marginal``, and the peak
+resident memory of the command's process. ``cams + refine --no-crf`` is the figure to set against
+the original CAM stage.
 
-Usage: ``python benchmarks/bench_pipeline.py [--device cuda] [--small 16] [--large 48] [--threads 2]
-[--skip-crf]``.
+Usage: ``python benchmarks/bench_pipeline.py [--device cuda] [--small 16] [--large 48] [--repeat 1]
+[--threads 2] [--crf-jobs 1,2] [--skip-crf]``.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def main():
     parser = bench_parser(__doc__)
     parser.add_argument("--small", type=int, default=16)
     parser.add_argument("--large", type=int, default=48)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of cams and refine --no-crf per size (fastest kept)")
+    parser.add_argument("--crf-jobs", default="1", help="comma-separated JOBS values for the CRF runs")
     parser.add_argument("--skip-crf", action="store_true", help="skip the refine run with the CRF")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -88,27 +94,37 @@ def main():
         tmp = Path(tmp)
         checkpoint = make_checkpoint(tmp)
         ids = make_voc(tmp / "voc", make_images(tmp, args.large))
-        forward = forward_seconds(checkpoint, sorted((tmp / "voc" / "JPEGImages").glob("*.jpg"))[:8], device)
+        images = sorted((tmp / "voc" / "JPEGImages").glob("*.jpg"))[:8]
+        forwards = [forward_seconds(checkpoint, images, device)]
         rows = {}
         for count in (args.small, args.large):
             split = tmp / f"split{count}.txt"
             split.write_text("".join(f"{i}\n" for i in ids[:count]))
-            work = tmp / f"work{count}"
             common = ["--device", args.device, "--no-progress"]
-            rows.setdefault("cams --save-affinity", []).append(run(
-                ["cams", "--dataset", "voc12", "--data-root", tmp / "voc", "--split", split, "--clip", checkpoint,
-                 "--work", work, "--save-affinity", *common], args.threads))
-            rows.setdefault("refine --no-crf", []).append(run(["refine", "--work", work, "--no-crf", *common],
-                                                              args.threads))
-            if not args.skip_crf:
-                rows.setdefault("refine (CRF, JOBS=1)", []).append(run(
-                    ["refine", "--work", work, "--out", tmp / f"crf{count}", *common], args.threads))
+            runs = {"cams": [], "cams --save-affinity": [], "refine --no-crf": []}
+            for repeat in range(args.repeat):
+                work = tmp / f"work{count}-{repeat}"
+                runs["cams"].append(run(
+                    ["cams", "--dataset", "voc12", "--data-root", tmp / "voc", "--split", split, "--clip", checkpoint,
+                     "--work", tmp / f"plain{count}-{repeat}", *common], args.threads))
+                runs["cams --save-affinity"].append(run(
+                    ["cams", "--dataset", "voc12", "--data-root", tmp / "voc", "--split", split, "--clip", checkpoint,
+                     "--work", work, "--save-affinity", *common], args.threads))
+                runs["refine --no-crf"].append(run(["refine", "--work", work, "--no-crf", *common], args.threads))
+            for jobs in ([] if args.skip_crf else [int(j) for j in args.crf_jobs.split(",")]):
+                runs[f"refine (CRF, JOBS={jobs})"] = [run(["refine", "--work", work, "--out", tmp / f"crf{count}-{jobs}",
+                                                           "--jobs", jobs, *common], args.threads)]
+            for key, values in runs.items():
+                rows.setdefault(key, []).append((min(v[0] for v in values), max(v[1] for v in values)))
+        forwards.append(forward_seconds(checkpoint, images, device))
+        forward = min(forwards)
 
     extra = args.large - args.small
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"\nbench-pipeline: the commands on {args.small} and {args.large} images 500x375 ({len(LABELS)} labels "
           f"each), ViT-B/16-sized random CLIP, {name}")
-    print(f"plain forward of the image tower: {forward:.3f} s per image (median, in-process)\n")
+    print(f"plain forward of the image tower: {forward:.3f} s per image (median in-process; {forwards[0]:.3f} before "
+          f"the commands, {forwards[1]:.3f} after)\n")
     print(f"{'command':<26}{'t(' + str(args.small) + ') s':>9}{'t(' + str(args.large) + ') s':>9}"
           f"{'s/img':>8}{'forwards':>10}{'startup s':>11}{'peak GB':>9}")
     marginal = {}

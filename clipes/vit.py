@@ -9,15 +9,9 @@ per-block attention probabilities. Tensors run in clip's sequence-first layout `
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# Attention probabilities computed at once on CPU by DenseViT.block_attention (2M: 8 MB in fp32, a
-# few heads of a ViT-B/16 image, which stay in the last-level cache); a GPU takes every head at once.
-ATTENTION_CHUNK = 1 << 21
 
 
 class DenseViT(nn.Module):
@@ -111,35 +105,9 @@ class DenseViT(nn.Module):
 
     @staticmethod
     def block_attention(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention branch of one clip block: ``(output [T, B, C], head-averaged probs [B, T, T])``.
-
-        The same products, softmax and head mean as ``nn.MultiheadAttention(need_weights=True)``
-        (equal to it on CPU), computed a few heads at a time, so that the ``[heads, T, T]``
-        probabilities of a chunk stay in the processor's cache instead of making several trips
-        through memory (on CPU this attention costs about what the fused kernel of a plain
-        forward costs, instead of 1.6 times as much).
-        """
-        attn = block.attn
+        """The attention branch of one clip block: ``(output [T, B, C], head-averaged probs [B, T, T])``."""
         a = block.ln_1(x)
-        tokens, batch, width = a.shape
-        heads = attn.num_heads
-        dim = width // heads
-        q, k, v = F.linear(a, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # [T, B, C] each
-        q, k, v = (t.reshape(tokens, batch * heads, dim).transpose(0, 1) for t in (q, k, v))  # [B*H, T, D]
-        q = q * (1.0 / math.sqrt(dim))
-        chunk = heads if a.is_cuda else max(1, min(heads, ATTENTION_CHUNK // (tokens * tokens)))
-        outputs, means = [], []
-        for image in range(batch):
-            total = None
-            for head in range(0, heads, chunk):
-                rows = slice(image * heads + head, image * heads + min(head + chunk, heads))
-                probs = torch.softmax(torch.bmm(q[rows], k[rows].transpose(1, 2)), dim=-1)  # [h, T, T]
-                outputs.append(torch.bmm(probs.to(v.dtype), v[rows]))  # [h, T, D]
-                part = probs.sum(dim=0)
-                total = part if total is None else total + part
-            means.append(total / heads)
-        out = torch.cat(outputs).transpose(0, 1).reshape(tokens, batch, width)  # [T, B, C]
-        return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), torch.stack(means)  # [T, B, C], [B, T, T]
+        return block.attn(a, a, a, need_weights=True, average_attn_weights=True)
 
     def run_blocks_with_attention(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list]:
         """Like :meth:`run_blocks` but also returns each block's ``[B, T, T]`` attention."""

@@ -34,23 +34,3 @@ def test_blocks_with_attention_match_plain_blocks_and_rows_sum_to_one():
     assert x.shape == (13, 2, 128) and len(maps) == vit.num_layers
     torch.testing.assert_close(with_attn, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 13), rtol=0, atol=1e-5)
-
-
-def test_chunked_block_attention_equals_multihead_attention_with_weights(monkeypatch):
-    import clipes.vit
-
-    model = make_tiny_clip(width=256, layers=2)  # 4 heads
-    block = model.visual.transformer.resblocks[1]
-    torch.manual_seed(3)
-    x = torch.randn(37, 2, 256)  # [T, B, C], two images
-    with torch.no_grad():
-        a = block.ln_1(x)
-        expected_out, expected_attn = block.attn(a, a, a, need_weights=True, average_attn_weights=True)
-        for budget in (1, 3 * 37 * 37, 1 << 21):  # one head at a time, 3 (not a divisor of 4), all four
-            monkeypatch.setattr(clipes.vit, "ATTENTION_CHUNK", budget)
-            out, attn = DenseViT.block_attention(block, x)
-            assert out.shape == expected_out.shape and attn.shape == (2, 37, 37)
-            assert (out - expected_out).abs().max() <= 1e-6
-            assert (attn - expected_attn).abs().max() <= 1e-7
-            assert torch.allclose(attn.sum(-1), torch.ones(2, 37), atol=1e-6)
-            assert not torch.equal(attn[0], attn[1])
