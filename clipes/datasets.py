@@ -167,7 +167,11 @@ def check_images_present(image_dir: Path, ids: list[str], probe: int = PROBE_IMA
 
 
 def _has_image(folder: Path, image_id: str) -> bool:
-    return any((folder / f"{image_id}{ext}").is_file() for ext in IMAGE_EXTENSIONS)
+    try:
+        find_image(folder, image_id)
+        return True
+    except InputError:
+        return False
 
 
 def _subfolders(folder: Path, depth: int = 2, limit: int = 200) -> list[Path]:
