@@ -25,6 +25,7 @@ Usage: ``python benchmarks/bench_pipeline.py [--device cuda] [--small 16] [--lar
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench_cams import bench_parser, make_checkpoint, make_images, timed
+from bench_cams import make_checkpoint, make_images, timed
 from clipes.clip_loader import load_clip
 from clipes.images import load_image, to_clip_tensor
 from clipes.vit import DenseViT
@@ -81,7 +82,9 @@ def forward_seconds(checkpoint: Path, paths: list[Path], device: torch.device) -
 
 
 def main():
-    parser = bench_parser(__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads, here and in the commands")
     parser.add_argument("--small", type=int, default=16)
     parser.add_argument("--large", type=int, default=48)
     parser.add_argument("--repeat", type=int, default=1, help="runs of cams and refine --no-crf per size (fastest kept)")
