@@ -25,6 +25,7 @@ MASKS_STAGE = "masks"
 CONFIDENCE_STAGE = "confidence"
 LABELS_STAGE = "labels"
 PREDICTIONS_STAGE = "predictions"  # a trained segmenter's labels (clipes predict), MASKS_FORMAT without 255
+GROUND_TRUTH_STAGE = "ground_truth"  # SegmentationClass(Aug) written by prepare-voc / prepare-coco, MASKS_FORMAT
 PNG_STAGES = (MASKS_STAGE, CONFIDENCE_STAGE, LABELS_STAGE)  # an image is refined when all three exist
 IGNORE = 255
 SUFFIX = ".png"

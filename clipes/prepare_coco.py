@@ -36,8 +36,6 @@ from clipes.fsutil import atomic_open, write_json
 from clipes.prompts import default_class_file, load_class_file
 from clipes.runs import RunSummary, progress_bar
 
-GT_STAGE = "ground_truth"
-
 
 def load_instances(path: Path) -> dict:
     """The JSON of a COCO instances file, checked for the three lists this needs.
@@ -62,13 +60,12 @@ def load_instances(path: Path) -> dict:
     return data
 
 
-def category_indices(categories: list[dict], where: Path) -> dict[int, int]:
-    """COCO category id -> 0-based clipes class index (categories sorted by id = clipes' order).
+def category_indices(categories: list[dict], names: tuple[str, ...], where: Path) -> dict[int, int]:
+    """COCO category id -> 0-based index into ``names``, clipes' coco14 classes (categories sorted by id).
 
     Raises:
         UserError: not the 80 COCO categories, or a name that differs from clipes' list.
     """
-    names = load_class_file(default_class_file("coco14")).names
     ordered = sorted(categories, key=lambda c: c["id"])
     if len(ordered) != len(names):
         raise UserError(f"{where}: {len(ordered)} categories, not COCO's {len(names)}")
@@ -118,7 +115,8 @@ def prepare_coco(annotations: Path, images: Path, out: Path | None = None, echo:
         raise UserError(f"image folder not found: {images}")
     out = Path(out).expanduser() if out is not None else images.resolve().parent
     data = load_instances(annotations)
-    index_of = category_indices(data["categories"], annotations)
+    classes = load_class_file(default_class_file("coco14")).names
+    index_of = category_indices(data["categories"], classes, annotations)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing progress
@@ -155,8 +153,9 @@ def prepare_coco(annotations: Path, images: Path, out: Path | None = None, echo:
                                                             "images": str(images.resolve())},
               "rule": "largest instance painted first (smaller wins), crowd 255 where no instance",
               "format": maskstore.MASKS_FORMAT}
-    manifest.begin_run(folder, GT_STAGE, header, manifest.identity_of({"stage": GT_STAGE, "source": "coco",
-                                                                       "rule": header["rule"]}))
+    stage = maskstore.GROUND_TRUTH_STAGE
+    manifest.begin_run(folder, stage, header, manifest.identity_of({"stage": stage, "source": "coco",
+                                                                    "rule": header["rule"]}))
     existing = maskstore.done_ids(folder)
     todo = [image_id for image_id in present if image_id not in existing]
     summary.already_done = len(present) - len(todo)
@@ -176,7 +175,6 @@ def prepare_coco(annotations: Path, images: Path, out: Path | None = None, echo:
     manifest.end_run(folder, {"finished": manifest.now(), "annotations": str(annotations), "done": summary.done,
                               "already_done": summary.already_done, "failed": summary.failed},
                      set(present) - set(summary.failures), summary.failures, {}, len(maskstore.done_ids(folder)))
-    classes = load_class_file(default_class_file("coco14")).names
     per_class = {classes[i]: int(counts[i]) for i in range(len(classes))}
     write_json(out / f"{name}.json", {"split": str(split), "images": len(present), "unannotated_left_out": unannotated,
                                       "missing_images": sorted(summary.failures), "images_per_class": per_class})

@@ -26,7 +26,6 @@ from clipes.fsutil import atomic_open, read_lines
 from clipes.runs import RunSummary, progress_bar
 
 TRAIN_AUG_SIZE = 10582  # train_aug of the real VOC 2012 + SBD
-GT_STAGE = "ground_truth"
 VOC_PARTS = {  # relative path -> what it is
     "JPEGImages": "the images",
     "Annotations": "the XML image-level labels",
@@ -160,7 +159,8 @@ def prepare_voc(voc: Path, sbd: Path | None = None, echo: Callable[[str], None] 
     header = {"command": manifest.command_line(), "input": {"voc": str(voc.resolve()), "sbd": str(sbd.resolve())},
               "rule": "VOC SegmentationClass/<id>.png where it exists (values kept), else SBD cls/<id>.mat",
               "format": maskstore.MASKS_FORMAT}
-    manifest.begin_run(out, GT_STAGE, header, manifest.identity_of({"stage": GT_STAGE, "source": "voc+sbd"}))
+    stage = maskstore.GROUND_TRUTH_STAGE
+    manifest.begin_run(out, stage, header, manifest.identity_of({"stage": stage, "source": "voc+sbd"}))
     existing = maskstore.done_ids(out)
     todo = [image_id for image_id in ids if image_id not in existing]
     summary.already_done = len(ids) - len(todo)

@@ -87,6 +87,7 @@ class ProgressHook(Hook):
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self._bar = None
+        self._main = True  # set in before_train
 
     def before_train(self, runner) -> None:
         from mmengine.dist import is_main_process
@@ -110,7 +111,7 @@ class ProgressHook(Hook):
         self._bar.update(1)
 
     def after_val_epoch(self, runner, metrics=None) -> None:
-        if not getattr(self, "_main", True):
+        if not self._main:
             return
         shown = ", ".join(f"{key} {float(value):.2f}" for key, value in (metrics or {}).items()
                           if _is_scalar(value))
