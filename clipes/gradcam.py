@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clipes.vit import DenseViT
+from clipes.vit import DenseViT, reference_attention
 
 GRAD_METHODS = ("analytic", "autograd")
 CAM_EPS = 1e-7  # the reference's epsilon in ``scale_cam_image``
@@ -125,12 +125,15 @@ class LastBlockPass:
     Args:
         vit: the wrapped tower.
         x: ``[T, B, C]`` input of the last block.
+        fp16_out_proj: run the attention out-projection in fp16, forward and backward, as WeCLIP's
+            reference does (CLIP-ES: off).
     """
 
-    def __init__(self, vit: DenseViT, x: torch.Tensor):
+    def __init__(self, vit: DenseViT, x: torch.Tensor, fp16_out_proj: bool = False):
         block = vit.blocks[-1]
         attn = block.attn
         self.block, self.visual = block, vit.visual
+        self.fp16_out_proj = fp16_out_proj
         heads = vit.num_heads
         x = x.permute(1, 0, 2)  # [B, T, C]
         b, t, c = x.shape
@@ -144,7 +147,11 @@ class LastBlockPass:
         self.probs = torch.softmax(self.q_scaled @ k.transpose(-2, -1), dim=-1)  # P: [B, H, T, T]
         self.heads_out = self.probs @ v  # O: [B, H, T, d]
         merged = self.heads_out.permute(0, 2, 1, 3).reshape(b, t, c)
-        self.h = x + attn.out_proj(merged)  # [B, T, C]
+        if fp16_out_proj:
+            out = F.linear(merged.half(), attn.out_proj.weight.half(), attn.out_proj.bias.half())
+        else:
+            out = attn.out_proj(merged)
+        self.h = x + out  # [B, T, C]
         ln2_out, self.ln2_mean, self.ln2_rstd = _layer_norm_with_stats(block.ln_2, self.h)
         self.fc = block.mlp.c_fc(ln2_out)  # z: [B, T, 4C]
         self.gate = torch.sigmoid(1.702 * self.fc)
@@ -190,7 +197,9 @@ class LastBlockPass:
         correction = d_ln2.mean(dim=-1, keepdim=True) + ln2_hat[:, None] * (d_ln2 * ln2_hat[:, None]).mean(dim=-1, keepdim=True)
         dh = dy.add_(d_ln2.sub_(correction).mul_(ln2_rstd[..., None]))  # [N, K, C]
         # Attention. G: gradient at each head's output for query rows 1..N (the CLS row gets none).
-        g = (dh @ block.attn.out_proj.weight).view(n, kk, heads, d).permute(2, 0, 1, 3)  # [H, N, K, d]
+        w_out = block.attn.out_proj.weight  # [C, C]
+        g = (dh.half() @ w_out.half()).float() if self.fp16_out_proj else dh @ w_out  # half backward as autograd's
+        g = g.view(n, kk, heads, d).permute(2, 0, 1, 3)  # [H, N, K, d]
         probs, v_heads = self.probs[i], self.v[i]  # [H, T, T], [H, T, d]
         p_rows = probs[:, 1:]  # [H, N, T]
         r = (g * self.heads_out[i][:, 1:, None]).sum(dim=-1)  # <G_n, O_n>: [H, N, K]
@@ -209,13 +218,15 @@ class LastBlockPass:
 
 
 def autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget,
-                     classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     classes: list[int] | None = None, fp16_out_proj: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference-style weights for one image: one last-block forward, one backward per class.
 
     Args:
         x: ``[T, 1, C]`` input of the last block.
         target: the score head.
         classes: indices of the present classes to differentiate (default: all of them).
+        fp16_out_proj: WeCLIP's attention (fp16 out-projection) instead of clip's.
 
     Returns:
         ``(scores [K+Bg], weights [len(classes), C])``.
@@ -224,7 +235,10 @@ def autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget,
     classes = list(range(target.num_fg)) if classes is None else list(classes)
     with torch.enable_grad():
         activation = block.ln_1(x).detach().requires_grad_(True)  # [T, 1, C]
-        out = block.attn(activation, activation, activation, need_weights=True)[0]
+        if fp16_out_proj:
+            out = reference_attention(block.attn, activation)[0]
+        else:
+            out = block.attn(activation, activation, activation, need_weights=True)[0]
         h = x + out
         y = h + block.mlp(block.ln_2(h))
         pooled = visual.ln_post(y)[1:, 0].mean(dim=0)  # [C]

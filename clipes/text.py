@@ -50,3 +50,47 @@ def encode_prompts(model: torch.nn.Module, strings: list[str], templates: list[s
             chunk = chunk / chunk.norm(dim=-1, keepdim=True)
         out.append(chunk[0])
     return torch.stack(out)
+
+
+def encode_text_reference(model: torch.nn.Module, tokens: torch.Tensor, fp16_out_proj: bool = True) -> torch.Tensor:
+    """``model.encode_text`` with WeCLIP's attention (fp16 out-projection) in every text block.
+
+    Args:
+        model: ``clip.model.CLIP``.
+        tokens: ``[P, context]`` token ids.
+
+    Returns:
+        ``[P, D]`` float32 (not normalised).
+    """
+    from clipes.vit import reference_block
+
+    x = model.token_embedding(tokens).float() + model.positional_embedding.float()  # [P, T, W]
+    x = x.permute(1, 0, 2)  # [T, P, W]
+    mask = model.transformer.resblocks[0].attn_mask
+    mask = None if mask is None else mask.to(x.dtype)
+    for block in model.transformer.resblocks:
+        x, _ = reference_block(block, x, mask, fp16_out_proj)
+    x = model.ln_final(x.permute(1, 0, 2))
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ model.text_projection
+
+
+@torch.no_grad()
+def encode_prompts_reference(model: torch.nn.Module, strings: list[str], template: str,
+                             fp16_out_proj: bool = True) -> torch.Tensor:
+    """WeCLIP's text features: one template, one prompt per string, L2-normalised, mean, normalised.
+
+    Returns:
+        ``[len(strings), D]`` float32.
+    """
+    if not strings:
+        raise ValueError("no prompt strings to encode")
+    clip = import_clip()
+    device = model.token_embedding.weight.device
+    feats = []
+    for s in strings:  # one at a time, as the reference encodes them (same batch shapes, same rounding)
+        tokens = clip.tokenize([template.format(s)]).to(device)
+        f = encode_text_reference(model, tokens, fp16_out_proj).float()
+        f = f / f.norm(dim=-1, keepdim=True)
+        f = f.mean(dim=0)
+        feats.append(f / f.norm())
+    return torch.stack(feats)

@@ -9,6 +9,8 @@ per-block attention probabilities. Tensors run in clip's sequence-first layout `
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,3 +184,48 @@ class DenseViT(nn.Module):
         x = self.run_blocks(self.embed(images), 0, self.num_layers)
         x = self.visual.ln_post(x[0])
         return x @ self.visual.proj
+
+
+def reference_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None,
+                        fp16_out_proj: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention with the weights of ``attn``, op for op as WeCLIP's reference computes it.
+
+    Args:
+        attn: a ``torch.nn.MultiheadAttention`` (packed in-projection), used for its weights only.
+        x: ``[T, B, C]`` queries = keys = values.
+        mask: optional additive ``[T, T]`` mask.
+        fp16_out_proj: run the out-projection in fp16 (reference quirk, default).
+
+    Returns:
+        ``(out [T, B, C] float32, head-averaged probabilities [B, T, T])``.
+    """
+    t, b, c = x.shape
+    heads = attn.num_heads
+    d = c // heads
+    packed = F.linear(x.float(), attn.in_proj_weight, attn.in_proj_bias)  # [T, B, 3C]
+    packed = packed.unflatten(-1, (3, c)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()  # [3, T, B, C]
+    q, k, v = (p.contiguous().view(t, b * heads, d).transpose(0, 1) for p in packed)  # [B*H, T, d]
+    q = q / math.sqrt(d)
+    scores = torch.bmm(q, k.transpose(-2, -1))  # [B*H, T, T]
+    if mask is not None:
+        scores = scores + mask
+    probs = F.softmax(scores, dim=-1)
+    out = torch.bmm(probs, v).transpose(0, 1).contiguous().view(t, b, c)  # [T, B, C]
+    if fp16_out_proj:
+        out = F.linear(out.half(), attn.out_proj.weight.half(), attn.out_proj.bias.half())
+    else:
+        out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return out, probs.view(b, heads, t, t).sum(dim=1) / heads
+
+
+def reference_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None,
+                    fp16_out_proj: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pre-LN residual block (clip's ``ResidualAttentionBlock`` weights) with the reference attention.
+
+    Returns:
+        ``(x [T, B, C] float32, attention [B, T, T])``.
+    """
+    out, probs = reference_attention(block.attn, block.ln_1(x), mask, fp16_out_proj)
+    x = x + out  # fp16 + fp32 -> fp32
+    x = x + block.mlp(block.ln_2(x))
+    return x, probs
