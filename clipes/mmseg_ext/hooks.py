@@ -84,8 +84,9 @@ class ProgressHook(Hook):
 
     priority = "BELOW_NORMAL"
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, desc: str = "train-seg"):
         self.enabled = enabled
+        self.desc = desc
         self._bar = None
         self._main = True  # set in before_train
 
@@ -94,7 +95,7 @@ class ProgressHook(Hook):
         from tqdm import tqdm
 
         self._main = is_main_process()
-        self._bar = tqdm(total=runner.max_iters, initial=runner.iter, unit="it", desc="train-seg",
+        self._bar = tqdm(total=runner.max_iters, initial=runner.iter, unit="it", desc=self.desc,
                          dynamic_ncols=True, disable=not (self.enabled and self._main))
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -115,7 +116,7 @@ class ProgressHook(Hook):
             return
         shown = ", ".join(f"{key} {float(value):.2f}" for key, value in (metrics or {}).items()
                           if _is_scalar(value))
-        line = f"train-seg: validation at iteration {runner.iter}: {shown or 'no metrics'}"
+        line = f"{self.desc}: validation at iteration {runner.iter}: {shown or 'no metrics'}"
         if self._bar is not None:
             self._bar.write(line)
         else:

@@ -171,3 +171,18 @@ class WeCLIP(nn.Module):
                 seg = F.interpolate(seg, size=base, mode="bilinear", align_corners=False)
             total = seg if total is None else total + seg
         return total / len(scales)
+
+
+def build_weclip(clip_model: nn.Module, fg_prompts: list[str], bg_prompts: list[str], template: str,
+                 decoder: WeCLIPDecoder, **options) -> WeCLIP:
+    """A :class:`WeCLIP` from a loaded CLIP, the prompt strings and a decoder.
+
+    The text features are WeCLIP's (one template, the reference's fp16 out-projection in the text
+    blocks when ``fp16_out_proj``); ``options`` are :class:`WeCLIP`'s keyword arguments.
+    """
+    from clipes.text import encode_prompts_reference
+
+    fp16 = options.get("fp16_out_proj", True)
+    fg = encode_prompts_reference(clip_model, fg_prompts, template, fp16)
+    bg = encode_prompts_reference(clip_model, bg_prompts, template, fp16)
+    return WeCLIP(clip_model.visual, fg, bg, clip_model.logit_scale, decoder, **options)

@@ -1,0 +1,214 @@
+"""WeCLIP training through mmengine's Runner (the mmengine-aware half of :mod:`clipes.weclip`).
+
+Registered in mmseg's registries when :mod:`clipes.mmseg_ext` is imported:
+
+* ``WeCLIPModel``: an mmengine ``BaseModel`` whose only registered (trainable, saved) module is the
+  decoder; the frozen CLIP and the text features are held outside the module tree, so checkpoints
+  never contain the CLIP and DDP only synchronises the decoder.
+* ``WeCLIPTrainSet``: :class:`clipes.weclip.data.TrainSet`.
+* ``WeCLIPPolyWarmupLR``: the reference's warm-up + poly schedule (absolute-step poly).
+* ``WeCLIPPhaseHook``: tells the model the iteration (RFM phase switch); ``WeCLIPMetaHook``: the
+  CLIP sha256, classes and options in every checkpoint's ``meta["weclip"]``.
+
+:func:`run_train` builds the config from :class:`~clipes.weclip.options.TrainOptions`, checks the
+inputs, and resumes an interrupted run from the output folder's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+from mmseg.registry import DATASETS, HOOKS, MODELS, PARAM_SCHEDULERS
+
+from clipes import manifest
+from clipes.clip_loader import load_clip
+from clipes.errors import UserError
+from clipes.weclip import rfm, schedule
+from clipes.weclip.data import TrainSet, write_samples
+from clipes.weclip.decoder import WeCLIPDecoder
+from clipes.weclip.model import build_weclip
+from clipes.weclip.options import ModelOptions, TrainOptions, prompt_lists, training_samples
+
+STAGE = "weclip"
+DATASETS.register_module(name="WeCLIPTrainSet", module=TrainSet)
+
+
+@MODELS.register_module()
+class WeCLIPModel(BaseModel):
+    """WeCLIP for mmengine: ``forward(mode="loss")`` is one training step of spec 3-9.
+
+    Args:
+        clip: CLIP checkpoint (any format clipes reads).
+        model: :class:`ModelOptions` fields.
+        switch_iter: first 1-based iteration of the late RFM phase.
+        aff_weight: weight of the affinity loss.
+    """
+
+    def __init__(self, clip: str, model: dict, switch_iter: int, aff_weight: float = 0.1, data_preprocessor=None):
+        super().__init__(data_preprocessor=data_preprocessor)
+        opts = ModelOptions(**model).resolved()
+        loaded = load_clip(clip)
+        classes, background = prompt_lists(opts)
+        cfg = loaded.config
+        self.decoder = WeCLIPDecoder(cfg["vision_width"], cfg["vision_layers"] - 1, opts.width,
+                                     len(classes.names) + 1, opts.fp16_out_proj)
+        weclip = build_weclip(loaded.model, list(classes.prompts), background, opts.template, self.decoder,
+                              late_blocks=opts.late_blocks, box_threshold=opts.box_threshold,
+                              grad_method=opts.grad_method, fp16_out_proj=opts.fp16_out_proj)
+        self._frozen = [weclip]  # a list: outside the module tree (not saved, not wrapped by DDP)
+        self.switch_iter = int(switch_iter)
+        self.aff_weight = float(aff_weight)
+        self.iteration = 0  # 0-based, set by WeCLIPPhaseHook
+
+    @property
+    def weclip(self):
+        weclip = self._frozen[0]
+        device = next(self.decoder.parameters()).device
+        if weclip.logit_scale.device != device:
+            weclip.to(device)  # the decoder is shared, already there
+        return weclip
+
+    def forward(self, inputs: torch.Tensor, data_samples: torch.Tensor | None = None, mode: str = "tensor"):
+        weclip = self.weclip
+        weclip.train(self.training)
+        if mode == "loss":
+            classes = [torch.nonzero(row).flatten().tolist() for row in data_samples]
+            late = self.iteration + 1 >= self.switch_iter
+            step = weclip.step(inputs, classes, late)
+            losses = weclip.losses(step, self.aff_weight)
+            return {"loss_seg": losses.seg, "loss_aff": self.aff_weight * losses.aff}
+        return weclip.segment(inputs)
+
+
+@PARAM_SCHEDULERS.register_module()
+class WeCLIPPolyWarmupLR(_ParamScheduler):
+    """``lr = base * factor(t)``: linear warm-up from ``ratio`` over ``warmup`` steps, then
+    ``(1 - t / max_iters) ** power`` with the absolute step t (the reference's PolyWarmupAdamW)."""
+
+    def __init__(self, optimizer, max_iters: int, warmup: int = schedule.WARMUP_ITERS,
+                 ratio: float = schedule.WARMUP_RATIO, power: float = schedule.POWER, **kwargs):
+        self.max_iters, self.warmup, self.ratio, self.power = int(max_iters), int(warmup), float(ratio), float(power)
+        kwargs.setdefault("by_epoch", False)
+        super().__init__(optimizer, "lr", **kwargs)
+
+    def _get_value(self):
+        factor = schedule.lr_factor(self.last_step, self.max_iters, self.warmup, self.ratio, self.power)
+        return [base * factor for base in self.base_values]
+
+
+@HOOKS.register_module()
+class WeCLIPPhaseHook(Hook):
+    """Give the model the current iteration before each step (the RFM phase depends on it)."""
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        model.iteration = runner.iter
+
+
+@HOOKS.register_module()
+class WeCLIPMetaHook(Hook):
+    """Record what the decoder was trained with in each checkpoint (``meta["weclip"]``)."""
+
+    def __init__(self, info: dict):
+        self.info = json.loads(json.dumps(info))  # plain dicts (the config hands over ConfigDicts)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault("meta", {})["weclip"] = json.loads(json.dumps(self.info))
+
+
+def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
+    """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
+    from mmengine.config import Config
+
+    from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, resolve_checkpoint
+    from clipes.mmseg_ext.runner import _remove_unfinished_checkpoints, last_checkpoint
+
+    if opts.clip is None:
+        raise UserError("give CLIP: a CLIP ViT checkpoint (OpenAI .pt, .safetensors or a Hugging Face folder)")
+    if opts.work is None and opts.out is None:
+        raise UserError("give WORK (checkpoints go to WORK/weclip) or OUT")
+    model_opts = opts.model.resolved()
+    clip_path = resolve_checkpoint(opts.clip)
+    state = read_state_dict(clip_path)
+    check_clip_state_dict(state, clip_path)  # one line for a ResNet CLIP or another model
+    arch = architecture(state)
+    del state
+    if arch["vision_layers"] < max(rfm.EARLY_BLOCKS, model_opts.late_blocks) + 1:
+        raise UserError(f"{clip_path}: a CLIP with {arch['vision_layers']} blocks; WeCLIP averages the last "
+                        f"{rfm.EARLY_BLOCKS} and fuses all but the last (needs at least {rfm.EARLY_BLOCKS + 1})")
+    samples, failures = training_samples(opts, echo)
+    classes, _ = prompt_lists(model_opts)
+    out = Path(opts.out or Path(opts.work) / STAGE).expanduser()
+    iters = opts.resolved_iters()
+    info = {"clip": str(clip_path), "clip_sha256": file_sha256(clip_path), "classes": list(classes.names),
+            "model": model_opts.plain(), "decoder": {"clip_width": arch["vision_width"],
+                                                     "branches": arch["vision_layers"] - 1,
+                                                     "width": model_opts.width,
+                                                     "num_classes": len(classes.names) + 1}}
+    header = {"command": manifest.command_line(), "input": {"data_root": str(opts.data_root), "split": str(opts.split),
+                                                           "clip": str(clip_path)},
+              **info, "training": {"iters": iters, "batch_size": opts.batch_size, "crop": opts.crop, "lr": opts.lr,
+                                   "switch_iter": opts.resolved_switch(), "seed": opts.seed}}
+    identity = manifest.identity_of({k: header[k] for k in ("clip_sha256", "classes", "model", "training")})
+    manifest.begin_run(out, STAGE, header, identity)
+    samples_file = write_samples(out / "train_samples.json", samples)
+    interval = opts.checkpoint_interval or min(2000, iters)
+    cfg = Config(dict(
+        default_scope="mmseg",
+        model=dict(type="WeCLIPModel", clip=str(clip_path), model=model_opts.plain(),
+                   switch_iter=opts.resolved_switch(), aff_weight=opts.aff_weight),
+        train_dataloader=dict(
+            batch_size=opts.batch_size, num_workers=opts.jobs, persistent_workers=opts.jobs > 0,
+            sampler=dict(type="InfiniteSampler", shuffle=True), collate_fn=dict(type="default_collate"),
+            dataset=dict(type="WeCLIPTrainSet", samples=str(samples_file), num_classes=len(classes.names),
+                         crop=opts.crop)),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
+            type="AdamW", lr=opts.lr, betas=schedule.BETAS, eps=schedule.EPS, weight_decay=opts.weight_decay)),
+        param_scheduler=[dict(type="WeCLIPPolyWarmupLR", max_iters=iters, warmup=opts.warmup_iters, by_epoch=False)],
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
+                            save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook")),
+        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="WeCLIPMetaHook", info=info),
+                      dict(type="PlainCheckpointHook")] + (
+            [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc="train-weclip")]),
+        log_processor=dict(by_epoch=False),
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
+        randomness=dict(seed=opts.seed),
+        log_level="INFO",
+        work_dir=str(out),
+        launcher=opts.launcher,
+    ))
+    if opts.launcher != "none" and not torch.cuda.is_available():
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    last = last_checkpoint(out) if opts.resume else None
+    if last is not None:
+        cfg.resume, cfg.load_from = True, str(last)
+        removed = _remove_unfinished_checkpoints(out, last)
+        echo(f"train-weclip: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
+    cfg.merge_from_dict(opts.options)
+    skipped = f", {len(failures)} skipped" if failures else ""
+    echo(f"train-weclip: {len(samples)} images{skipped}, {len(classes.names)} classes, {iters} iterations "
+         f"(late RFM from {opts.resolved_switch()}), output {out}")
+    return cfg
+
+
+def run_train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
+    """Train WeCLIP's decoder; returns the output folder (checkpoints, logs, manifest)."""
+    from clipes.mmseg_ext.runner import _log_file, _runner
+
+    cfg = train_config(opts, echo)
+    with _runner(cfg, opts.verbose) as runner:
+        if not opts.verbose:
+            echo(f"train-weclip: full log in {_log_file(runner)}")
+        runner.train()
+    return Path(cfg.work_dir)

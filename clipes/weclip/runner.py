@@ -1,0 +1,282 @@
+"""``predict-weclip`` and ``masks-weclip`` as library calls (no mmseg needed).
+
+* :func:`run_predict`: multi-scale + flip decoder logits (no CAMs), then the dense CRF of spec 12
+  (on by default), written as palette PNGs to a ``predictions`` folder (maskstore's format).
+* :func:`run_masks`: the online RFM + PAR pseudo label of each image at its own size, as the
+  reference's validation computes it (long side 512, late phase), written to ``<OUT>/masks``, which
+  ``make eval`` scores and ``make train-seg`` trains on.
+
+Both are resumable (an image is done when its PNG exists in a folder of the same identity: the
+same checkpoint, CLIP and options), write atomically, refuse a folder another stage or setting
+made unless ``force``, and report a bad image as one ``failed <id>:`` line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipes import manifest, maskstore
+from clipes.clip_loader import file_sha256, load_clip
+from clipes.crf import CrfParams, dense_crf
+from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
+from clipes.errors import InputError, UserError
+from clipes.fsutil import remove_stale_temporaries
+from clipes.images import load_image
+from clipes.runs import RunSummary, progress_bar, resolve_device
+from clipes.weclip.checkpoint import read_decoder_state
+from clipes.weclip.decoder import WeCLIPDecoder, decoder_config
+from clipes.weclip.model import WeCLIP, build_weclip
+from clipes.weclip.options import ModelOptions, prompt_lists
+from clipes.weclip.tower import normalize_image
+
+# spec 12: DenseCRF on the plain RGB image, Gaussian 3/3, bilateral 64/5/4, 10 iterations.
+PREDICT_CRF = CrfParams(iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=64.0,
+                        bilateral_srgb=5.0, bilateral_compat=4.0, color="rgb", fp16_probs=False)
+LONG_SIDE = 512
+SCALES = (1.0, 0.75)
+
+
+@dataclass
+class InferOptions:
+    """Options of ``predict-weclip`` / ``masks-weclip``.
+
+    Attributes:
+        checkpoint: a clipes or reference WeCLIP checkpoint.
+        clip: CLIP checkpoint [the one the clipes checkpoint names].
+        model: the model options [those the clipes checkpoint records; reference files: the defaults
+            of ``dataset``].
+        images: image folder (predict) ; data_root / split / labels_file / images_dir: the dataset
+            (masks; predict takes SPLIT to restrict the images).
+        work / out: ``predict``: OUT [WORK/predictions]; ``masks``: OUT/masks [WORK/masks].
+        crf: predict only: the dense CRF [on].
+        long_side / scales / flip: predict only: test-time resize and augmentation [512, (1, 0.75), on].
+        device: cpu or cuda.
+        force: recompute into a folder made another way.
+    """
+
+    checkpoint: Path | None = None
+    clip: str | None = None
+    model: ModelOptions | None = None
+    images: Path | None = None
+    data_root: Path | None = None
+    split: Path | None = None
+    labels_file: Path | None = None
+    images_dir: str | None = None
+    work: Path | None = None
+    out: Path | None = None
+    crf: bool = True
+    long_side: int = LONG_SIDE
+    scales: tuple[float, ...] = SCALES
+    flip: bool = True
+    device: str = "cpu"
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class LoadedWeCLIP:
+    model: WeCLIP
+    classes: list[str]
+    options: ModelOptions
+    identity: dict = field(default_factory=dict)
+
+
+def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> LoadedWeCLIP:
+    """The model of a checkpoint on the given CLIP, after the checks of issue 18 (one line each).
+
+    Raises:
+        UserError: no checkpoint, not a WeCLIP checkpoint, no CLIP, a CLIP that does not fit the
+            decoder, or a class count that differs from the dataset's.
+    """
+    if opts.checkpoint is None:
+        raise UserError("give CHECKPOINT: a WeCLIP checkpoint (clipes' iter_N.pth or the reference's .pth)")
+    state, meta, kind = read_decoder_state(opts.checkpoint)
+    config = decoder_config(state)
+    model_opts = opts.model
+    if model_opts is None:
+        if meta.get("model"):
+            model_opts = ModelOptions(**{k: v for k, v in meta["model"].items() if k in ModelOptions.__dataclass_fields__})
+        else:
+            model_opts = ModelOptions(dataset={21: "voc12", 81: "coco14"}.get(config["num_classes"], "custom"))
+    model_opts = model_opts.resolved()
+    classes, background = prompt_lists(model_opts)
+    if len(classes.names) + 1 != config["num_classes"]:
+        raise UserError(f"{opts.checkpoint} predicts {config['num_classes']} classes (with background); "
+                        f"{model_opts.dataset} has {len(classes.names) + 1}")
+    clip_source = opts.clip or meta.get("clip")
+    if not clip_source:
+        raise UserError(f"give CLIP: {opts.checkpoint} is a reference checkpoint and names no CLIP")
+    loaded = load_clip(str(clip_source))
+    width, layers = loaded.config["vision_width"], loaded.config["vision_layers"]
+    if width != config["clip_width"] or layers - 1 != config["branches"]:
+        raise UserError(f"{loaded.path}: a CLIP of width {width} with {layers} blocks; {opts.checkpoint} was "
+                        f"trained on width {config['clip_width']} with {config['branches'] + 1} blocks")
+    if meta.get("clip_sha256") and meta["clip_sha256"] != loaded.sha256:
+        echo(f"warning: {loaded.path} is not the CLIP {opts.checkpoint} was trained with "
+             f"(sha256 {loaded.sha256[:12]} vs {meta['clip_sha256'][:12]})")
+    decoder = WeCLIPDecoder(**{**config, "fp16_out_proj": model_opts.fp16_out_proj})
+    decoder.load_state_dict(state)
+    device = resolve_device(opts.device)
+    model = build_weclip(loaded.model, list(classes.prompts), background, model_opts.template, decoder,
+                         late_blocks=model_opts.late_blocks, box_threshold=model_opts.box_threshold,
+                         grad_method=model_opts.grad_method, fp16_out_proj=model_opts.fp16_out_proj)
+    model = model.to(device).eval()
+    identity = {"checkpoint": file_sha256(Path(opts.checkpoint).expanduser()), "checkpoint_kind": kind,
+                "clip_sha256": loaded.sha256, "model": model_opts.plain()}
+    return LoadedWeCLIP(model, list(classes.names), model_opts, identity)
+
+
+def _image_tensor(path: Path, device) -> tuple[np.ndarray, torch.Tensor]:
+    image, _ = load_image(path)
+    rgb = np.asarray(image.convert("RGB"))
+    return rgb, normalize_image(rgb).to(device)  # uint8: float64 arithmetic, as the reference's test loader
+
+
+def _check_size(rgb: np.ndarray, long_side: int, scales, path: Path, patch: int = 16) -> None:
+    h, w = rgb.shape[:2]
+    short = min(h, w) * long_side / max(h, w) * min(scales)
+    if short < patch:
+        raise InputError(f"image {path} is {w}x{h}: resized to long side {long_side} its short side is below one "
+                         f"{patch}-pixel patch")
+
+
+def predict_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: InferOptions) -> np.ndarray:
+    """Label map ``[H, W]`` uint8 of one image (multi-scale + flip, optional CRF)."""
+    h0, w0 = rgb.shape[:2]
+    logits = model.predict_logits(image, opts.long_side, tuple(opts.scales), opts.flip)
+    logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    if not opts.crf:
+        return logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
+    probs = torch.softmax(logits, dim=0).cpu().numpy()
+    return dense_crf(np.array(rgb, dtype=np.uint8, order="C"), probs, PREDICT_CRF).argmax(axis=0).astype(np.uint8)
+
+
+def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: list[int], long_side: int = LONG_SIDE
+               ) -> np.ndarray:
+    """The online pseudo label of one image at its own size (late phase, long side ``long_side``)."""
+    h0, w0 = rgb.shape[:2]
+    size = (int(h0 * long_side / max(h0, w0)), int(w0 * long_side / max(h0, w0)))
+    resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        step = model.step(resized, [classes], True, label_sizes=[(h0, w0)])
+    return step.images[0].label.cpu().numpy().astype(np.uint8)
+
+
+def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: InferOptions, work, echo,
+         name: str) -> RunSummary:
+    """Shared loop: manifest, resume, one failure line per image, atomic PNGs."""
+    start = time.time()
+    manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
+    remove_stale_temporaries(folder, older_than_s=0)
+    done = set() if opts.force else maskstore.done_ids(folder)
+    todo = [item for item in items if item[0] not in done]
+    summary = RunSummary(folder=folder, already_done=len(items) - len(todo), stage=name)
+    succeeded = {item[0] for item in items} - {item[0] for item in todo}
+    bar = progress_bar(len(todo), opts.progress and bool(todo), name)
+    try:
+        for item in todo:
+            image_id = item[0]
+            try:
+                label = work(*item)
+            except InputError as exc:
+                summary.failures[image_id] = str(exc)
+                bar.write(f"failed {image_id}: {exc}")
+            else:
+                maskstore.write_mask(maskstore.png_path(folder, image_id), label)
+                succeeded.add(image_id)
+                summary.done += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        summary.failed = len(summary.failures)
+        summary.seconds = time.time() - start
+        manifest.end_run(folder, {"finished": manifest.now(), "device": opts.device, "done": summary.done,
+                                  "already_done": summary.already_done, "failed": summary.failed,
+                                  "seconds": round(summary.seconds, 2)},
+                         succeeded, summary.failures, {}, len(maskstore.done_ids(folder)))
+    echo(summary.line())
+    return summary
+
+
+def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
+    """Predictions of a trained WeCLIP for a folder of images (or the ids of SPLIT)."""
+    images = Path(opts.images or (Path(opts.data_root) / "JPEGImages" if opts.data_root else "")).expanduser()
+    if not opts.images and not opts.data_root:
+        raise UserError("give IMAGES: the folder of images to predict")
+    if not images.is_dir():
+        raise UserError(f"image folder not found: {images}")
+    if opts.out is None and opts.work is None:
+        raise UserError("give OUT (or WORK: predictions go to WORK/predictions)")
+    folder = Path(opts.out or Path(opts.work) / maskstore.PREDICTIONS_STAGE).expanduser()
+    failures = {}
+    if opts.split is not None:
+        paths = []
+        for image_id, _ in read_split(Path(opts.split).expanduser()):
+            try:
+                paths.append((image_id, find_image(images, image_id)))
+            except InputError as exc:
+                failures[image_id] = str(exc)
+                echo(f"failed {image_id}: {exc}")
+    else:
+        paths = sorted((p.stem, p) for p in images.iterdir() if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not paths and not failures:
+        raise UserError(f"no images in {images}")
+    loaded = load_weclip(opts, echo)
+    device = next(loaded.model.decoder.parameters()).device
+    header = {"command": manifest.command_line(), "method": "weclip",
+              "input": {"checkpoint": str(opts.checkpoint), "images": str(images)},
+              "classes": loaded.classes, "format": maskstore.MASKS_FORMAT,
+              "options": {"crf": opts.crf, "long_side": opts.long_side, "scales": list(opts.scales), "flip": opts.flip}}
+    identity = {**loaded.identity, **header["options"]}
+
+    def work(image_id, path):
+        rgb, image = _image_tensor(path, device)
+        _check_size(rgb, opts.long_side, opts.scales, path)
+        return predict_image(loaded.model, rgb, image, opts)
+
+    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, work, echo, "predict-weclip")
+    summary.failures.update(failures)
+    summary.failed = len(summary.failures)
+    return summary
+
+
+def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
+    """WeCLIP pseudo masks of a dataset split into ``<OUT>/masks`` (OUT defaults to WORK)."""
+    if opts.data_root is None or opts.split is None:
+        raise UserError("give DATA_ROOT and SPLIT: the images and their image-level labels")
+    if opts.out is None and opts.work is None:
+        raise UserError("give WORK (masks go to WORK/masks) or OUT")
+    loaded = load_weclip(opts, echo)
+    classes, _ = prompt_lists(loaded.options)
+    dataset = open_dataset(loaded.options.dataset, opts.data_root, opts.split, classes, opts.labels_file,
+                           opts.images_dir)
+    if not dataset.ids:
+        raise UserError(f"{opts.split} lists no images")
+    out = Path(opts.out or opts.work).expanduser()
+    folder = out / maskstore.MASKS_STAGE
+    device = next(loaded.model.decoder.parameters()).device
+    header = {"command": manifest.command_line(), "method": "weclip",
+              "input": {"checkpoint": str(opts.checkpoint), "dataset": loaded.options.dataset,
+                        "data_root": str(Path(opts.data_root).expanduser().resolve()),
+                        "images": str(dataset.image_dir.resolve())},
+              "classes": loaded.classes, "format": {**maskstore.MASKS_FORMAT,
+                                                    "values": "0 background, c+1 class c; no ignore value"},
+              "options": {"long_side": opts.long_side, "phase": "late"}}
+    identity = {**loaded.identity, **header["options"]}
+
+    def work(image_id):
+        path = dataset.image_path(image_id)
+        keys = sorted(dataset.labels(image_id))
+        rgb, image = _image_tensor(path, device)
+        _check_size(rgb, opts.long_side, (1.0,), path)
+        return mask_image(loaded.model, rgb, image, keys, opts.long_side)
+
+    return _run([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, work, echo,
+                "masks-weclip")

@@ -1,0 +1,140 @@
+"""``clipes train-weclip`` / ``predict-weclip`` / ``masks-weclip``: WeCLIP (CVPR 2024) on clipes' folders.
+
+mmseg/mmengine are imported only by ``train-weclip``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from clipes.datasets import DATASETS
+from stages.common import PATH, only_set
+
+
+def _echo(line: str) -> None:
+    """Print once per job: on torchrun's rank 0 only."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(line)
+
+
+def _model_options(options: dict):
+    from clipes.weclip.options import ModelOptions
+
+    keys = ("dataset", "class_file", "background_file", "template", "width", "grad_method", "fp16_out_proj",
+            "late_blocks", "box_threshold")
+    return ModelOptions(**only_set(**{k: options.pop(k, None) for k in keys}))
+
+
+def _model_flags(func):
+    for decorator in reversed([
+        click.option("--dataset", type=click.Choice(DATASETS), help="Dataset layout and class list [voc12]."),
+        click.option("--classes", "class_file", type=PATH, help="Class file: name<TAB>prompt per line."),
+        click.option("--background", "background_file", type=PATH, help="Background prompts, one per line."),
+        click.option("--prompt", "template", help="Prompt template with {} [a clean origami {}.]."),
+        click.option("--grad", "grad_method", type=click.Choice(["analytic", "autograd"]),
+                     help="CAM gradient: closed form for all classes [analytic] or the reference's per-class autograd."),
+        click.option("--fp16-out-proj/--fp32-out-proj", "fp16_out_proj", default=None,
+                     help="The reference's fp16 attention out-projections [on]."),
+        click.option("--late-blocks", type=int, help="Late-phase RFM candidate blocks [VOC 6, COCO 10]."),
+        click.option("--box-threshold", type=float, help="CAM box threshold [VOC 0.4, COCO 0.7]."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+@click.command("train-weclip")
+@_model_flags
+@click.option("--data-root", type=PATH, required=True, help="Dataset folder (VOC: the VOC2012 folder).")
+@click.option("--split", type=PATH, required=True, help="Training ids (VOC: train_aug.txt).")
+@click.option("--clip", "clip_source", required=True, help="CLIP ViT checkpoint (OpenAI name or path).")
+@click.option("--work", type=PATH, help="Work folder; checkpoints in WORK/weclip.")
+@click.option("--out", type=PATH, help="Checkpoint folder [WORK/weclip].")
+@click.option("--labels", "labels_file", type=PATH, help="voc12: plain label file '<id> <class> ...' instead of XML.")
+@click.option("--images-dir", help="Image folder relative to DATA_ROOT [JPEGImages for voc12, else DATA_ROOT].")
+@click.option("--width", type=int, help="Decoder width [256].")
+@click.option("--iters", type=int, help="Iterations [VOC 30000, COCO 80000].")
+@click.option("--batch", "batch_size", type=int, help="Images per iteration per process [4].")
+@click.option("--crop", type=int, help="Crop size [320].")
+@click.option("--lr", type=float, help="Decoder learning rate [2e-3].")
+@click.option("--switch-iter", type=int, help="First iteration of the decoder-guided RFM [9145 of 30000, scaled].")
+@click.option("--seed", type=int, help="Random seed [1].")
+@click.option("--jobs", type=int, help="Data-loading workers [2].")
+@click.option("--checkpoint-interval", type=int, help="Iterations between checkpoints [2000].")
+@click.option("--launcher", type=click.Choice(["none", "pytorch"]), help="pytorch under torchrun [none].")
+@click.option("--resume/--no-resume", default=None, help="Continue from OUT's last checkpoint [resume].")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="mmengine config override (repeatable).")
+@click.option("--verbose", is_flag=True, default=None, help="Also print mmengine's whole log on the console.")
+@click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar.")
+def train_weclip(**options):
+    """Train WeCLIP's decoder with online RFM pseudo labels (resumes an interrupted run in the same OUT)."""
+    from clipes.mmseg_ext.runner import parse_options
+    from clipes.mmseg_ext.weclip import run_train
+    from clipes.weclip.options import TrainOptions
+
+    model = _model_options(options)
+    options = only_set(**options)
+    options["clip"] = options.pop("clip_source")
+    options["options"] = parse_options(options.get("options") or ())
+    out = run_train(TrainOptions(model=model, **options), echo=_echo)
+    _echo(f"train-weclip: done; checkpoints and logs in {out}")
+
+
+def _infer_options(options: dict):
+    from clipes.weclip.options import ModelOptions
+    from clipes.weclip.runner import InferOptions
+
+    model = _model_options(options)
+    options = only_set(**options)
+    if "clip_source" in options:
+        options["clip"] = options.pop("clip_source")
+    given = {k: v for k, v in vars(model).items() if v != getattr(ModelOptions(), k)}
+    # a clipes checkpoint records its model options; flags given here override them
+    return InferOptions(model=model if given else None, **options)
+
+
+def _infer_flags(func):
+    for decorator in reversed([
+        click.option("--checkpoint", type=PATH, required=True, help="WeCLIP checkpoint (clipes iter_N.pth or the reference's)."),
+        click.option("--clip", "clip_source", help="CLIP checkpoint [the one a clipes checkpoint names]."),
+        click.option("--device", help="cpu (default), cuda or cuda:N."),
+        click.option("--force", is_flag=True, default=None, help="Recompute into a folder made another way."),
+        click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+@click.command("predict-weclip")
+@_infer_flags
+@_model_flags
+@click.option("--images", type=PATH, help="Image folder to predict.")
+@click.option("--split", type=PATH, help="Only these ids [every image in IMAGES].")
+@click.option("--work", type=PATH, help="Work folder: predictions go to WORK/predictions (scored by `clipes eval`).")
+@click.option("--out", type=PATH, help="Prediction folder [WORK/predictions].")
+@click.option("--crf/--no-crf", default=None, help="Dense CRF after the multi-scale logits [on, as the published numbers].")
+def predict_weclip(**options):
+    """Segment images with a trained WeCLIP: long side 512, scales 1 and 0.75, flip, then the CRF."""
+    from clipes.weclip.runner import run_predict
+
+    summary = run_predict(_infer_options(options), echo=click.echo)
+    sys.exit(1 if summary.failed else 0)
+
+
+@click.command("masks-weclip")
+@_infer_flags
+@_model_flags
+@click.option("--data-root", type=PATH, required=True, help="Dataset folder.")
+@click.option("--split", type=PATH, required=True, help="Ids to make pseudo masks for.")
+@click.option("--labels", "labels_file", type=PATH, help="voc12: plain label file instead of XML.")
+@click.option("--images-dir", help="Image folder relative to DATA_ROOT.")
+@click.option("--work", type=PATH, help="Work folder: masks go to WORK/masks.")
+@click.option("--out", type=PATH, help="Folder whose masks/ receives them [WORK].")
+def masks_weclip(**options):
+    """WeCLIP's online pseudo labels (RFM + PAR, late phase) at each image's size, into OUT/masks."""
+    from clipes.weclip.runner import run_masks
+
+    summary = run_masks(_infer_options(options), echo=click.echo)
+    sys.exit(1 if summary.failed else 0)
