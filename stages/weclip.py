@@ -100,6 +100,7 @@ def _infer_flags(func):
         click.option("--checkpoint", type=PATH, required=True, help="WeCLIP checkpoint (clipes iter_N.pth or the reference's)."),
         click.option("--clip", "clip_source", help="CLIP checkpoint [the one a clipes checkpoint names]."),
         click.option("--device", help="cpu (default), cuda or cuda:N."),
+        click.option("--long-side", type=int, help="Images are resized to this long side [512]."),
         click.option("--force", is_flag=True, default=None, help="Recompute into a folder made another way."),
         click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar."),
     ]):

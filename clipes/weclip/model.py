@@ -118,15 +118,17 @@ class WeCLIP(nn.Module):
         fg = [self.fg_features[c] for c in classes]
         cams = last_block_cams(self.tower.vit, frozen.last_input, frozen.grid, fg, self.bg_features,
                                self.logit_scale, self.grad_method, self.fp16_out_proj)
-        size = tuple(images.shape[-2:])
-        out = []
-        for i, (keys, cam) in enumerate(zip(classes, cams)):
+        attentions, refined = [], []
+        for i, cam in enumerate(cams):
             blocks = torch.cat([frozen.attention[:, i], cam.last_attention[None]], dim=0)  # [L, T, T]
-            attention = rfm.rfm_attention(blocks, affinity[i].detach(), late, self.late_blocks)
-            refined = rfm.refine_patch_cams(attention.attention, cam.cams, self.box_threshold)
-            target = label_sizes[i] if label_sizes is not None else size
-            label = rfm.pseudo_label(rfm.label_scores(refined, images[i], target), keys)
-            out.append(ImageStep(keys, cam.cams, cam.scores, attention, refined, label))
+            attentions.append(rfm.rfm_attention(blocks, affinity[i].detach(), late, self.late_blocks))
+            refined.append(rfm.refine_patch_cams(attentions[-1].attention, cam.cams, self.box_threshold))
+        if label_sizes is None:  # labels at the crop size: one PAR call for the batch
+            scores = rfm.batch_label_scores(refined, images)
+        else:
+            scores = [rfm.label_scores(r, images[i], label_sizes[i]) for i, r in enumerate(refined)]
+        out = [ImageStep(keys, cam.cams, cam.scores, attention, r, rfm.pseudo_label(s, keys))
+               for keys, cam, attention, r, s in zip(classes, cams, attentions, refined, scores)]
         labels = torch.stack([o.label for o in out]) if label_sizes is None else None
         return StepOutput(fused, logits, affinity, labels, out)
 

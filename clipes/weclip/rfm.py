@@ -91,9 +91,24 @@ def refine_patch_cams(attention: torch.Tensor, cams: torch.Tensor, threshold: fl
     return caa.refine_on_grid(trans, cams.float().to(trans.device), masks, power=1)
 
 
+def label_maps(refined: torch.Tensor, size: tuple[int, int], bg_power: float = 1.0) -> torch.Tensor:
+    """PAR's input: min-max, bilinear (OpenCV) to ``size``, background ``(1 - max) ** bg_power`` first.
+
+    Args:
+        refined: ``[K, h, w]`` refined patch maps.
+        size: ``(H, W)`` of the label.
+
+    Returns:
+        ``[K+1, H, W]`` float32 on ``refined``'s device.
+    """
+    maps = torch.from_numpy(caa.upsample_maps(refined.detach().float().cpu().numpy(), size)).to(refined.device)
+    bg = torch.pow(1 - torch.max(maps, dim=0, keepdim=True)[0], bg_power)
+    return torch.cat([bg, maps], dim=0)
+
+
 def label_scores(refined: torch.Tensor, guide: torch.Tensor, size: tuple[int, int], bg_power: float = 1.0,
                  par: bool = True) -> torch.Tensor:
-    """Class scores of the online pseudo label: normalise, resize, add background, PAR.
+    """Class scores of the online pseudo label: :func:`label_maps`, then PAR guided by the image.
 
     Args:
         refined: ``[K, h, w]`` refined patch maps.
@@ -105,14 +120,35 @@ def label_scores(refined: torch.Tensor, guide: torch.Tensor, size: tuple[int, in
     Returns:
         ``[K+1, H, W]`` float32, background first.
     """
-    maps = caa.upsample_maps(refined.detach().float().cpu().numpy(), size)  # [K, H, W]
-    maps = torch.from_numpy(maps).to(guide.device)
-    bg = torch.pow(1 - torch.max(maps, dim=0, keepdim=True)[0], bg_power)
-    stack = torch.cat([bg, maps], dim=0)  # [K+1, H, W]
+    stack = label_maps(refined, size, bg_power).to(guide.device)
     if par:
         with torch.no_grad():
             stack = par_refine(guide.unsqueeze(0).float(), stack.unsqueeze(0).float())[0]
     return stack
+
+
+def batch_label_scores(refined: list[torch.Tensor], guides: torch.Tensor, bg_power: float = 1.0) -> list[torch.Tensor]:
+    """:func:`label_scores` of a batch of same-size images in one PAR call.
+
+    PAR is linear in the maps, so images with fewer classes are padded with all-zero channels,
+    which stay zero; each image keeps its own ``K+1`` channels.
+
+    Args:
+        refined: per image ``[K_b, h, w]``.
+        guides: ``[B, 3, H, W]``; the labels get this size.
+
+    Returns:
+        Per image ``[K_b + 1, H, W]``.
+    """
+    size = tuple(guides.shape[-2:])
+    stacks = [label_maps(r, size, bg_power).to(guides.device) for r in refined]
+    depth = max(s.shape[0] for s in stacks)
+    batch = torch.zeros((len(stacks), depth, *size), dtype=torch.float32, device=guides.device)
+    for i, s in enumerate(stacks):
+        batch[i, :s.shape[0]] = s
+    with torch.no_grad():
+        batch = par_refine(guides.float(), batch)
+    return [batch[i, :s.shape[0]] for i, s in enumerate(stacks)]
 
 
 def pseudo_label(scores: torch.Tensor, classes: list[int]) -> torch.Tensor:

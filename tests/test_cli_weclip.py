@@ -1,0 +1,162 @@
+"""`clipes train-weclip / predict-weclip / masks-weclip` end to end on the golden images with the
+golden 12-block CLIP (tiny decoder, 64-pixel crops), and their answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import GOLDEN, make_tiny_clip, save_state_dict
+from helpers import copy_golden, make_voc, noise_image
+from test_cli_cams import clipes
+
+CLIP = GOLDEN / "clip.pt"
+IDS = GOLDEN.joinpath("split.txt").read_text().split()
+
+
+def train_args(data, split, work, *extra, iters=4):
+    return ["train-weclip", "--data-root", data, "--split", split, "--clip", CLIP, "--work", work, "--width", 16,
+            "--iters", iters, "--batch", 2, "--crop", 64, "--jobs", 0, "--checkpoint-interval", 2, "--no-progress",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weclip")
+    data = root / "data"
+    split = copy_golden(data, IDS[:6])
+    work = root / "work"
+    result = clipes(*train_args(data, split, work))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return data, split, work, result
+
+
+def test_train_writes_decoder_only_checkpoints(trained):
+    data, split, work, result = trained
+    out = work / "weclip"
+    assert "train-weclip: 6 images, 20 classes, 4 iterations" in result.stdout
+    assert sorted(p.name for p in out.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]
+    ckpt = torch.load(out / "iter_4.pth", map_location="cpu", weights_only=True)  # loads safely
+    keys = list(ckpt["state_dict"])
+    assert keys and all(k.startswith("decoder.") for k in keys)
+    assert not any("visual" in k or "encoder" in k for k in keys)
+    meta = ckpt["meta"]["weclip"]
+    assert meta["clip_sha256"] == "b7b8966159214189ac62878ea465b781a9e68e07a86847da484864ea84454aaf"
+    assert len(meta["classes"]) == 20 and meta["decoder"]["width"] == 16
+    assert (out / "iter_4.pth").stat().st_size < 2_000_000  # the CLIP (11.8 MB here) is not in it
+    init = torch.load(out / "iter_2.pth", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(not torch.equal(init[k], ckpt["state_dict"][k]) for k in keys)  # it trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "weclip" and manifest["training"]["iters"] == 4
+
+
+def test_train_resumes_after_a_kill(trained, tmp_path):
+    data, split, work, _ = trained
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    out = copy / "weclip"
+    (out / "iter_4.pth").unlink()  # as if killed after the checkpoint at 2
+    (out / "last_checkpoint").write_text(str(out / "iter_2.pth"))
+    result = clipes(*train_args(data, split, copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming from {out / 'iter_2.pth'}" in result.stdout
+    assert (out / "iter_4.pth").is_file()
+    assert torch.load(out / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4
+
+
+def test_predict_and_masks_feed_eval(trained, tmp_path):
+    data, split, work, _ = trained
+    ckpt = work / "weclip" / "iter_4.pth"
+    pred = clipes("predict-weclip", "--checkpoint", ckpt, "--images", data / "JPEGImages", "--work", work,
+                  "--no-progress")
+    assert pred.returncode == 0, pred.stdout + pred.stderr
+    assert "predict-weclip: 6 done, 0 already done, 0 failed" in pred.stdout
+    masks = clipes("masks-weclip", "--checkpoint", ckpt, "--data-root", data, "--split", split, "--work", work,
+                   "--no-progress")
+    assert masks.returncode == 0, masks.stdout + masks.stderr
+    for folder in (work / "predictions", work / "masks"):
+        files = sorted(folder.glob("*.png"))
+        assert [p.stem for p in files] == IDS[:6]
+        for path in files:
+            label = np.asarray(Image.open(path))
+            w, h = Image.open(data / "JPEGImages" / f"{path.stem}.jpg").size
+            assert label.shape == (h, w) and label.max() <= 20
+        info = json.loads((folder / "manifest.json").read_text())
+        assert info["method"] == "weclip" and len(info["classes"]) == 20
+    again = clipes("masks-weclip", "--checkpoint", ckpt, "--data-root", data, "--split", split, "--work", work,
+                   "--no-progress")
+    assert "0 done, 6 already done" in again.stdout
+    # another setting is refused, never overwritten
+    other = clipes("predict-weclip", "--checkpoint", ckpt, "--images", data / "JPEGImages", "--work", work,
+                   "--no-crf", "--no-progress")
+    assert other.returncode != 0 and "made with other settings" in other.stdout + other.stderr
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for image_id in IDS[:6]:
+        shutil.copy(GOLDEN / "SegmentationClassAug" / f"{image_id}.png", gt)
+    report = clipes("eval", "--work", work, "--split", split, "--gt-dir", gt)
+    assert report.returncode == 0, report.stdout + report.stderr
+    scores = json.loads((work / "eval.json").read_text())
+    assert {"masks", "predictions"} <= set(scores["stages"])
+
+
+def test_reference_decoder_checkpoint_predicts(tmp_path):
+    data = tmp_path / "data"
+    copy_golden(data, IDS[:1])
+    decoder = Path(__file__).parent / "data" / "weclip-small" / "decoder_init.pt"
+    result = clipes("predict-weclip", "--checkpoint", decoder, "--clip", CLIP, "--images", data / "JPEGImages",
+                    "--out", tmp_path / "pred", "--no-crf", "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "pred" / f"{IDS[0]}.png").is_file()
+    no_clip = clipes("predict-weclip", "--checkpoint", decoder, "--images", data / "JPEGImages", "--out",
+                     tmp_path / "p2", "--no-progress")
+    assert no_clip.returncode == 2 and "give CLIP" in no_clip.stdout + no_clip.stderr
+
+
+def test_bad_input_is_one_line(trained, tmp_path):
+    data, split, work, _ = trained
+    ckpt = work / "weclip" / "iter_4.pth"
+    # a CLIP whose width differs from the checkpoint's
+    other = save_state_dict(make_tiny_clip(width=64, layers=12), tmp_path / "narrow.pt")
+    res = clipes("masks-weclip", "--checkpoint", ckpt, "--clip", other, "--data-root", data, "--split", split,
+                 "--work", tmp_path / "w1", "--no-progress")
+    assert res.returncode == 2 and "width 64" in res.stdout + res.stderr and "Traceback" not in res.stderr
+    # a CLIP with too few blocks to train
+    short = save_state_dict(make_tiny_clip(layers=3), tmp_path / "short.pt")
+    res = clipes(*train_args(data, split, tmp_path / "w2")[:6], "--clip", short, "--work", tmp_path / "w2")
+    assert res.returncode == 2 and "3 blocks" in res.stdout + res.stderr
+    # a checkpoint whose class count differs from the dataset's
+    res = clipes("masks-weclip", "--checkpoint", ckpt, "--dataset", "coco14", "--data-root", data, "--split", split,
+                 "--work", tmp_path / "w3", "--no-progress")
+    assert res.returncode == 2 and "21 classes" in res.stdout + res.stderr
+    # an empty split
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    res = clipes(*train_args(data, empty, tmp_path / "w4"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    # a corrupt image and an image without labels: one failed line each, the rest goes on
+    bad = tmp_path / "bad"
+    bad_split = make_voc(bad, {"ok": (noise_image(80, 64), ["cat"]), "broken": (b"not a jpeg", ["dog"]),
+                               "nolabel": (noise_image(80, 64, 1), [])})
+    res = clipes("masks-weclip", "--checkpoint", ckpt, "--data-root", bad, "--split", bad_split,
+                 "--work", tmp_path / "w5", "--no-progress")
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("failed broken:") and "cannot decode" in line for line in lines)
+    assert any(line.startswith("failed nolabel:") and "no labels" in line for line in lines)
+    assert (tmp_path / "w5" / "masks" / "ok.png").is_file()
+    assert not (tmp_path / "w5" / "masks" / "broken.png").exists()
+    res = clipes(*train_args(bad, bad_split, tmp_path / "w6", iters=2))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "failed nolabel: image has no labels" in res.stdout and "1 skipped" in res.stdout
+    # a checkpoint of another model
+    torch.save({"state_dict": {"backbone.weight": torch.zeros(1)}}, tmp_path / "seg.pth")
+    res = clipes("predict-weclip", "--checkpoint", tmp_path / "seg.pth", "--clip", CLIP, "--images", data / "JPEGImages",
+                 "--out", tmp_path / "p", "--no-progress")
+    assert res.returncode == 2 and "error:" in res.stdout + res.stderr and "not a WeCLIP checkpoint" in res.stdout + res.stderr
