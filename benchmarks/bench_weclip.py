@@ -23,14 +23,13 @@ import argparse
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_cams import make_checkpoint, sync
+from bench_cams import make_checkpoint, timed as clock
 from clipes.clip_loader import load_clip
 from clipes.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm
@@ -39,14 +38,6 @@ from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity
 from clipes.weclip.model import WeCLIP, build_weclip
 from clipes.weclip.runner import InferOptions, predict_image
 from clipes.weclip.tower import normalize_image
-
-
-def clock(fn, device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
 
 
 def iteration(model: WeCLIP, optimizer, images, classes, device, method: str) -> dict:
@@ -87,6 +78,13 @@ def iteration(model: WeCLIP, optimizer, images, classes, device, method: str) ->
     return parts
 
 
+def set_fp16(model: WeCLIP, fp16: bool) -> None:
+    """Switch the reference's fp16 attention out-projections on or off everywhere."""
+    model.fp16_out_proj = fp16
+    model.tower.fp16_out_proj = fp16
+    model.decoder.decoder.fp16_out_proj = fp16
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -121,18 +119,21 @@ def main():
     print(f"bench-weclip: device {device}, {args.threads} threads, batch {args.batch} x {args.crop}x{args.crop}, "
           f"decoder width {args.width}, 2 labels per image")
     print(f"  plain forward of the batch through the image tower: {yard:.3f} s (the unit below)")
-    for method in ("analytic", "autograd"):
+    variants = (("analytic", True, "closed-form CAMs (default)"),
+                ("autograd", True, "per-class autograd CAMs (--grad autograd)"),
+                ("analytic", False, "closed-form CAMs, fp32 out-projections (--fp32-out-proj)"))
+    for method, fp16, name in variants:
+        set_fp16(model, fp16)
         iteration(model, optimizer, images, labels, device, method)  # warm-up
         runs = [iteration(model, optimizer, images, labels, device, method) for _ in range(args.repeat)]
         parts = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         total = statistics.median(sum(r.values()) for r in runs)
-        name = "closed-form CAMs (default)" if method == "analytic" else "per-class autograd CAMs (--grad autograd)"
         print(f"  training iteration, {name}: {total:.3f} s = {total / yard:.2f} plain forwards")
-        if method == "analytic":
-            for key, value in parts.items():
-                print(f"    {key:<22}{value:8.3f} s  {value / yard:5.2f} fw")
-        else:
-            print(f"    CAMs                  {parts['CAMs']:8.3f} s  {parts['CAMs'] / yard:5.2f} fw")
+        shown = parts if (method, fp16) == ("analytic", True) else {"CAMs": parts["CAMs"]} if fp16 else {
+            k: parts[k] for k in ("frozen forward", "decoder forward", "losses + backward")}
+        for key, value in shown.items():
+            print(f"    {key:<22}{value:8.3f} s  {value / yard:5.2f} fw")
+    set_fp16(model, True)
     model.eval()
     h, w = 375, 500
     photo = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)

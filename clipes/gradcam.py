@@ -256,6 +256,26 @@ def autograd_weights(vit: DenseViT, x: torch.Tensor, target: SoftmaxTarget,
     return scores.detach(), torch.stack(weights)
 
 
+def class_weights(vit: DenseViT, x: torch.Tensor, i: int, target: SoftmaxTarget, last: LastBlockPass | None = None,
+                  fp16_out_proj: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GradCAM weights of every present class of image ``i``.
+
+    Args:
+        x: ``[T, B, C]`` input of the last block.
+        target: the image's score head.
+        last: the batch's :class:`LastBlockPass` for the closed form; None: per-class autograd.
+        fp16_out_proj: the autograd path with WeCLIP's fp16 out-projection.
+
+    Returns:
+        ``(scores [K+Bg], weights [K, C], activation [N, C])``.
+    """
+    if last is not None:
+        scores, d_pooled = target.scores_and_grads(last.pooled[i])
+        return scores, last.mean_activation_grad(i, d_pooled), last.activation[i, 1:]
+    scores, weights = autograd_weights(vit, x[:, i:i + 1], target, fp16_out_proj=fp16_out_proj)
+    return scores, weights, vit.blocks[-1].ln_1(x[1:, i])
+
+
 def softmax_gradcam(
     vit: DenseViT,
     images: torch.Tensor,
@@ -308,13 +328,7 @@ def softmax_gradcam(
             attention = (final if attn_sum is None else attn_sum.float() + final)[:, 1:, 1:] / attention_layers
         for i, fg in enumerate(fg_features):
             target = SoftmaxTarget(fg, bg_features, logit_scale, proj)
-            if method == "analytic":
-                scores, d_pooled = target.scores_and_grads(last.pooled[i])
-                weights = last.mean_activation_grad(i, d_pooled)
-                activation = last.activation[i, 1:]  # [N, C]
-            else:
-                scores, weights = autograd_weights(vit, x[:, i:i + 1], target)
-                activation = vit.blocks[-1].ln_1(x[1:, i])  # [N, C]
+            scores, weights, activation = class_weights(vit, x, i, target, last if method == "analytic" else None)
             results.append(CamResult(cams=cam_from_weights(weights, activation, h, w), scores=scores,
                                      weights=weights, attention=None if attention is None else attention[i]))
     return results

@@ -79,6 +79,7 @@ class WorkFolder:
             ``predictions``).
         methods: ``{tile title: label folder}`` of other methods' outputs in ``WORK/methods/<name>/``
             (``predictions/`` or ``masks/`` with a manifest), each drawn in a tile of its own.
+        made_by: ``{stage: method}`` for stage folders another method wrote (their manifest's ``method``).
     """
 
     work: Path
@@ -87,6 +88,12 @@ class WorkFolder:
     gt_dir: Path | None
     stages: list[str] = field(default_factory=list)
     methods: dict = field(default_factory=dict)
+    made_by: dict = field(default_factory=dict)
+
+    def title(self, stage: str, default: str) -> str:
+        """A tile's caption: named after the method that made the stage folder (e.g. WeCLIP), if not CLIP-ES."""
+        method = self.made_by.get(stage)
+        return f"{_METHOD_TITLES.get(method, method)} {default}" if method else default
 
     def ids(self) -> list[str]:
         """Every image id with a file in any stage folder, sorted."""
@@ -129,7 +136,8 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
         raise UserError(f"ground-truth folder not found: {gt_dir}")
     return WorkFolder(work=work, classes=["background"] + list(classes), image_dir=image_dir,
                       gt_dir=Path(gt_dir) if gt_dir else ground_truth_dir(root, dataset),
-                      stages=stages, methods=method_folders(work))
+                      stages=stages, methods=method_folders(work),
+                      made_by={s: m["method"] for s, m in manifests.items() if m.get("method")})
 
 
 _METHOD_TITLES = {"weclip": "WeCLIP", "weakclip": "WeakCLIP"}
@@ -284,7 +292,7 @@ def draw_panel(folder: WorkFolder, view: ImageView) -> Image.Image:
             name = names[int(key) + 1] if int(key) + 1 < len(names) else f"class {int(key)}"
             under = base if base is not None and base.shape[:2] == heat.shape else np.zeros((*heat.shape, 3), np.uint8)
             tiles.append(_tile(blend(under, heat_colours(heat), 0.55), f"{title}: {name}"))
-    tiles += label_tiles(view.masks, "pseudo mask", maskstore.MASKS_STAGE)
+    tiles += label_tiles(view.masks, folder.title(maskstore.MASKS_STAGE, "pseudo mask"), maskstore.MASKS_STAGE)
     if maskstore.CONFIDENCE_STAGE in folder.stages:
         tiles.append(_tile(np.repeat(view.confidence[..., None], 3, axis=2), "confidence")
                      if view.confidence is not None else _tile(None, "confidence", "no file for this image"))
@@ -292,7 +300,8 @@ def draw_panel(folder: WorkFolder, view: ImageView) -> Image.Image:
         tiles.append(_tile(palette_colours(view.labels), "CRF labels") if view.labels is not None
                      else _tile(None, "CRF labels", "no file for this image"))
     if maskstore.PREDICTIONS_STAGE in folder.stages:
-        tiles += label_tiles(view.prediction, "segmenter", maskstore.PREDICTIONS_STAGE)
+        tiles += label_tiles(view.prediction, folder.title(maskstore.PREDICTIONS_STAGE, "segmenter"),
+                             maskstore.PREDICTIONS_STAGE)
     for title, label in view.methods.items():
         tiles += [_tile(palette_colours(label), title)] if label is not None else [
             _tile(None, title, "no file for this image")]

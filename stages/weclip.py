@@ -35,7 +35,7 @@ def _model_flags(func):
         click.option("--background", "background_file", type=PATH, help="Background prompts, one per line."),
         click.option("--prompt", "template", help="Prompt template with {} [a clean origami {}.]."),
         click.option("--grad", "grad_method", type=click.Choice(["analytic", "autograd"]),
-                     help="CAM gradient: closed form for all classes [analytic] or the reference's per-class autograd."),
+                     help="CAM gradient: closed form, all classes at once [analytic], or the reference's autograd."),
         click.option("--fp16-out-proj/--fp32-out-proj", "fp16_out_proj", default=None,
                      help="The reference's fp16 attention out-projections [on]."),
         click.option("--late-blocks", type=int, help="Late-phase RFM candidate blocks [VOC 6, COCO 10]."),
@@ -60,6 +60,7 @@ def _model_flags(func):
 @click.option("--crop", type=int, help="Crop size [320].")
 @click.option("--lr", type=float, help="Decoder learning rate [2e-3].")
 @click.option("--switch-iter", type=int, help="First iteration of the decoder-guided RFM [9145 of 30000, scaled].")
+@click.option("--warmup-iters", type=int, help="Linear warm-up iterations [50].")
 @click.option("--seed", type=int, help="Random seed [1].")
 @click.option("--jobs", type=int, help="Data-loading workers [2].")
 @click.option("--checkpoint-interval", type=int, help="Iterations between checkpoints [2000].")
@@ -97,7 +98,8 @@ def _infer_options(options: dict):
 
 def _infer_flags(func):
     for decorator in reversed([
-        click.option("--checkpoint", type=PATH, required=True, help="WeCLIP checkpoint (clipes iter_N.pth or the reference's)."),
+        click.option("--checkpoint", type=PATH, required=True,
+                     help="WeCLIP checkpoint (clipes iter_N.pth or the reference's)."),
         click.option("--clip", "clip_source", help="CLIP checkpoint [the one a clipes checkpoint names]."),
         click.option("--device", help="cpu (default), cuda or cuda:N."),
         click.option("--long-side", type=int, help="Images are resized to this long side [512]."),
@@ -115,7 +117,7 @@ def _infer_flags(func):
 @click.option("--split", type=PATH, help="Only these ids [every image in IMAGES].")
 @click.option("--work", type=PATH, help="Work folder: predictions go to WORK/predictions (scored by `clipes eval`).")
 @click.option("--out", type=PATH, help="Prediction folder [WORK/predictions].")
-@click.option("--crf/--no-crf", default=None, help="Dense CRF after the multi-scale logits [on, as the published numbers].")
+@click.option("--crf/--no-crf", default=None, help="Dense CRF after the multi-scale logits [on, as published].")
 def predict_weclip(**options):
     """Segment images with a trained WeCLIP: long side 512, scales 1 and 0.75, flip, then the CRF."""
     from clipes.weclip.runner import run_predict

@@ -20,8 +20,8 @@ CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()
 
 
-def train_args(data, split, work, *extra, iters=4):
-    return ["train-weclip", "--data-root", data, "--split", split, "--clip", CLIP, "--work", work, "--width", 16,
+def train_args(data, split, work, *extra, iters=4, clip=CLIP):
+    return ["train-weclip", "--data-root", data, "--split", split, "--clip", clip, "--work", work, "--width", 16,
             "--iters", iters, "--batch", 2, "--crop", 64, "--jobs", 0, "--checkpoint-interval", 2, "--no-progress",
             *extra]
 
@@ -100,6 +100,11 @@ def test_predict_and_masks_feed_eval(trained, tmp_path):
     gt.mkdir()
     for image_id in IDS[:6]:
         shutil.copy(GOLDEN / "SegmentationClassAug" / f"{image_id}.png", gt)
+    from clipes.viz import open_work
+
+    folder = open_work(work, gt_dir=gt)
+    assert folder.title("predictions", "segmenter") == "WeCLIP segmenter"
+    assert folder.title("masks", "pseudo mask") == "WeCLIP pseudo mask"
     report = clipes("eval", "--work", work, "--split", split, "--gt-dir", gt)
     assert report.returncode == 0, report.stdout + report.stderr
     scores = json.loads((work / "eval.json").read_text())
@@ -129,7 +134,7 @@ def test_bad_input_is_one_line(trained, tmp_path):
     assert res.returncode == 2 and "width 64" in res.stdout + res.stderr and "Traceback" not in res.stderr
     # a CLIP with too few blocks to train
     short = save_state_dict(make_tiny_clip(layers=3), tmp_path / "short.pt")
-    res = clipes(*train_args(data, split, tmp_path / "w2")[:6], "--clip", short, "--work", tmp_path / "w2")
+    res = clipes(*train_args(data, split, tmp_path / "w2", clip=short))
     assert res.returncode == 2 and "3 blocks" in res.stdout + res.stderr
     # a checkpoint whose class count differs from the dataset's
     res = clipes("masks-weclip", "--checkpoint", ckpt, "--dataset", "coco14", "--data-root", data, "--split", split,
@@ -157,6 +162,25 @@ def test_bad_input_is_one_line(trained, tmp_path):
     assert "failed nolabel: image has no labels" in res.stdout and "1 skipped" in res.stdout
     # a checkpoint of another model
     torch.save({"state_dict": {"backbone.weight": torch.zeros(1)}}, tmp_path / "seg.pth")
-    res = clipes("predict-weclip", "--checkpoint", tmp_path / "seg.pth", "--clip", CLIP, "--images", data / "JPEGImages",
-                 "--out", tmp_path / "p", "--no-progress")
-    assert res.returncode == 2 and "error:" in res.stdout + res.stderr and "not a WeCLIP checkpoint" in res.stdout + res.stderr
+    res = clipes("predict-weclip", "--checkpoint", tmp_path / "seg.pth", "--clip", CLIP,
+                 "--images", data / "JPEGImages", "--out", tmp_path / "p", "--no-progress")
+    said = res.stdout + res.stderr
+    assert res.returncode == 2 and "error:" in said and "not a WeCLIP checkpoint" in said
+
+
+def test_two_process_gloo_run(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data, split, _, _ = trained
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29523", "-m", "stages.cli",
+                             *map(str, train_args(data, split, tmp_path / "w", "--launcher", "pytorch"))],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("train-weclip: done") == 1  # rank 0 speaks
+    logs = sorted((tmp_path / "w" / "weclip").glob("*/*.log"))
+    assert logs and any("Distributed training: True" in log.read_text() for log in logs)
+    state = torch.load(tmp_path / "w" / "weclip" / "iter_4.pth", weights_only=True)["state_dict"]
+    assert state and all(k.startswith("decoder.") for k in state)

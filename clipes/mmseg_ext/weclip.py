@@ -194,7 +194,8 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     if last is not None:
         cfg.resume, cfg.load_from = True, str(last)
         removed = _remove_unfinished_checkpoints(out, last)
-        echo(f"train-weclip: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
+        note = f" (removed {removed} unfinished checkpoint(s))" if removed else ""
+        echo(f"train-weclip: resuming from {last}{note}")
     cfg.merge_from_dict(opts.options)
     skipped = f", {len(failures)} skipped" if failures else ""
     echo(f"train-weclip: {len(samples)} images{skipped}, {len(classes.names)} classes, {iters} iterations "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipes.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, autograd_weights, cam_from_weights
+from clipes.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
 from clipes.vit import DenseViT, reference_attention
 
 
@@ -64,17 +64,13 @@ def last_block_cams(vit: DenseViT, x: torch.Tensor, grid: tuple[int, int], fg_fe
             attention = last.probs.sum(dim=1) / vit.num_heads  # [B, T, T], as the reference averages
         for i, fg in enumerate(fg_features):
             target = SoftmaxTarget(fg, bg_features, logit_scale, proj)
-            if method == "analytic":
-                scores, d_pooled = target.scores_and_grads(last.pooled[i])
-                weights = last.mean_activation_grad(i, d_pooled)
-                activation = last.activation[i, 1:]  # [N, C]
+            analytic = last if method == "analytic" else None
+            scores, weights, activation = class_weights(vit, x, i, target, analytic, fp16_out_proj)
+            if analytic is not None:
                 attn_i = attention[i]
-            else:
-                xi = x[:, i:i + 1]
-                scores, weights = autograd_weights(vit, xi, target, fp16_out_proj=fp16_out_proj)
+            else:  # the block-12 attention of the image's own pass, as the reference's GradCAM returns it
                 block = vit.blocks[-1]
-                a = block.ln_1(xi)
-                activation = a[1:, 0]
+                a = block.ln_1(x[:, i:i + 1])
                 if fp16_out_proj:
                     attn_i = reference_attention(block.attn, a)[1][0]
                 else:

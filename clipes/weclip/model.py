@@ -160,7 +160,8 @@ class WeCLIP(nn.Module):
             ``[1, K+1, h1, w1]`` mean over scales of ``(seg(x) + flip(seg(flip x))) / 2``.
         """
         _, _, h0, w0 = image.shape
-        x = F.interpolate(image, size=(int(h0 * long_side / max(h0, w0)), int(w0 * long_side / max(h0, w0))), mode="bilinear", align_corners=False)
+        size = (int(h0 * long_side / max(h0, w0)), int(w0 * long_side / max(h0, w0)))  # the reference's rounding
+        x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         total, base = None, None
         for scale in scales:
             xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)

@@ -102,7 +102,8 @@ def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> Load
     model_opts = opts.model
     if model_opts is None:
         if meta.get("model"):
-            model_opts = ModelOptions(**{k: v for k, v in meta["model"].items() if k in ModelOptions.__dataclass_fields__})
+            known = ModelOptions.__dataclass_fields__
+            model_opts = ModelOptions(**{k: v for k, v in meta["model"].items() if k in known})
         else:
             model_opts = ModelOptions(dataset={21: "voc12", 81: "coco14"}.get(config["num_classes"], "custom"))
     model_opts = model_opts.resolved()
@@ -225,7 +226,8 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
                 failures[image_id] = str(exc)
                 echo(f"failed {image_id}: {exc}")
     else:
-        paths = sorted((p.stem, p) for p in images.iterdir() if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        paths = sorted((p.stem, p) for p in images.iterdir()
+                       if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not paths and not failures:
         raise UserError(f"no images in {images}")
     loaded = load_weclip(opts, echo)
