@@ -148,13 +148,14 @@ def test_bad_input_is_one_line(trained, tmp_path):
     # a corrupt image and an image without labels: one failed line each, the rest goes on
     bad = tmp_path / "bad"
     bad_split = make_voc(bad, {"ok": (noise_image(80, 64), ["cat"]), "broken": (b"not a jpeg", ["dog"]),
-                               "nolabel": (noise_image(80, 64, 1), [])})
+                               "nolabel": (noise_image(80, 64, 1), []), "thin": (noise_image(400, 8, 2), ["cat"])})
     res = clipes("masks-weclip", "--checkpoint", ckpt, "--data-root", bad, "--split", bad_split,
                  "--work", tmp_path / "w5", "--no-progress")
     assert res.returncode == 1
     lines = res.stdout.splitlines()
     assert any(line.startswith("failed broken:") and "cannot decode" in line for line in lines)
     assert any(line.startswith("failed nolabel:") and "no labels" in line for line in lines)
+    assert any(line.startswith("failed thin:") and "below one 16-pixel patch" in line for line in lines)
     assert (tmp_path / "w5" / "masks" / "ok.png").is_file()
     assert not (tmp_path / "w5" / "masks" / "broken.png").exists()
     res = clipes(*train_args(bad, bad_split, tmp_path / "w6", iters=2))
