@@ -45,6 +45,9 @@ class StepOutput:
 
 @dataclass
 class LossOutput:
+    """``loss = seg + 0.1 aff`` of a step with its parts, the two CE halves, the pair counts (+1)
+    and the affinity labels."""
+
     loss: torch.Tensor
     seg: torch.Tensor
     aff: torch.Tensor
@@ -93,10 +96,6 @@ class WeCLIP(nn.Module):
         super().train(mode)
         self.tower.eval()  # frozen, always
         return self
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The decoder's weights under the reference's key names (no CLIP weights)."""
-        return self.decoder.state_dict()
 
     def step(self, images: torch.Tensor, classes: list[list[int]], late: bool,
              label_sizes: list[tuple[int, int]] | None = None) -> StepOutput:
