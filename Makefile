@@ -13,7 +13,7 @@
 #   make viz WORK=... [DATA_ROOT=..] [N=..]   panels + WORK/viz/index.html; one image: clipes show <id> --work ...
 #   make select-prompts DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. [POOL=..] [N_IMAGES=n] [OUT=..]
 #   make train-weclip DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. WORK=.. [GPUS=n] [ITERS=n] [BATCH=n] [OPTIONS="k=v .."]
-#   make predict-weclip CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [SPLIT=..] [WORK=..] [DEVICE=..]
+#   make predict-weclip CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [SPLIT=..] [WORK=..] [DEVICE=..] [JOBS=n]
 #   make masks-weclip CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [OUT=..] [DEVICE=..]
 #   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
 #   make bench-weclip [DEVICE=cuda]   a WeCLIP training iteration by part, and prediction per image
@@ -122,7 +122,7 @@ train-weclip: install
 predict-weclip: install
 	$(CLIPES) predict-weclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) \
 	  $(call opt,--out,$(OUT)) $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
-	  $(call opt,--device,$(DEVICE)) $(ARGS)
+	  $(call opt,--device,$(DEVICE)) $(call opt,--jobs,$(JOBS)) $(ARGS)
 
 masks-weclip: install
 	$(CLIPES) masks-weclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \

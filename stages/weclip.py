@@ -118,6 +118,7 @@ def _infer_flags(func):
 @click.option("--work", type=PATH, help="Work folder: predictions go to WORK/predictions (scored by `clipes eval`).")
 @click.option("--out", type=PATH, help="Prediction folder [WORK/predictions].")
 @click.option("--crf/--no-crf", default=None, help="Dense CRF after the multi-scale logits [on, as published].")
+@click.option("--jobs", type=int, help="CRF worker processes [1 on CPU, up to 8 on a GPU].")
 def predict_weclip(**options):
     """Segment images with a trained WeCLIP: long side 512, scales 1 and 0.75, flip, then the CRF."""
     from clipes.weclip.runner import run_predict

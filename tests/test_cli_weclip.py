@@ -77,6 +77,12 @@ def test_predict_and_masks_feed_eval(trained, tmp_path):
                   "--no-progress")
     assert pred.returncode == 0, pred.stdout + pred.stderr
     assert "predict-weclip: 6 done, 0 already done, 0 failed" in pred.stdout
+    parallel = clipes("predict-weclip", "--checkpoint", ckpt, "--images", data / "JPEGImages", "--out",
+                      tmp_path / "parallel", "--jobs", 2, "--no-progress")
+    assert parallel.returncode == 0, parallel.stdout + parallel.stderr
+    for image_id in IDS[:6]:  # CRF in 2 worker processes: the same labels as in one
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "parallel" / f"{image_id}.png")),
+                              np.asarray(Image.open(work / "predictions" / f"{image_id}.png")))
     masks = clipes("masks-weclip", "--checkpoint", ckpt, "--data-root", data, "--split", split, "--work", work,
                    "--no-progress")
     assert masks.returncode == 0, masks.stdout + masks.stderr

@@ -13,6 +13,7 @@ made unless ``force``, and report a bad image as one ``failed <id>:`` line.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class InferOptions:
             (masks; predict takes SPLIT to restrict the images).
         work / out: ``predict``: OUT [WORK/predictions]; ``masks``: OUT/masks [WORK/masks].
         crf: predict only: the dense CRF [on].
+        jobs: predict only: CRF worker processes [1 on CPU, where the forward uses the cores; up to 8
+            on a GPU].
         long_side / scales / flip: predict only: test-time resize and augmentation [512, (1, 0.75), on].
         device: cpu or cuda.
         force: recompute into a folder made another way.
@@ -72,6 +75,7 @@ class InferOptions:
     work: Path | None = None
     out: Path | None = None
     crf: bool = True
+    jobs: int | None = None
     long_side: int = LONG_SIDE
     scales: tuple[float, ...] = SCALES
     flip: bool = True
@@ -148,15 +152,24 @@ def _check_size(rgb: np.ndarray, long_side: int, scales, path: Path, patch: int 
                          f"{patch}-pixel patch")
 
 
-def predict_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: InferOptions) -> np.ndarray:
-    """Label map ``[H, W]`` uint8 of one image (multi-scale + flip, optional CRF)."""
+def image_logits(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: InferOptions) -> torch.Tensor:
+    """Multi-scale + flip logits ``[K+1, H, W]`` of one image at its own size."""
     h0, w0 = rgb.shape[:2]
     logits = model.predict_logits(image, opts.long_side, tuple(opts.scales), opts.flip)
-    logits = F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+
+
+def crf_label(rgb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Argmax of the spec's dense CRF on the plain RGB image: ``[H, W]`` uint8."""
+    return dense_crf(np.array(rgb, dtype=np.uint8, order="C"), probs, PREDICT_CRF).argmax(axis=0).astype(np.uint8)
+
+
+def predict_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: InferOptions) -> np.ndarray:
+    """Label map ``[H, W]`` uint8 of one image (multi-scale + flip, optional CRF)."""
+    logits = image_logits(model, rgb, image, opts)
     if not opts.crf:
         return logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
-    probs = torch.softmax(logits, dim=0).cpu().numpy()
-    return dense_crf(np.array(rgb, dtype=np.uint8, order="C"), probs, PREDICT_CRF).argmax(axis=0).astype(np.uint8)
+    return crf_label(rgb, torch.softmax(logits, dim=0).cpu().numpy())
 
 
 def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: list[int], long_side: int = LONG_SIDE
@@ -171,8 +184,12 @@ def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: lis
 
 
 def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: InferOptions, work, echo,
-         name: str) -> RunSummary:
-    """Shared loop: manifest, resume, one failure line per image, atomic PNGs."""
+         name: str, chunk: int = 1) -> RunSummary:
+    """Shared loop: manifest, resume, one failure line per image, atomic PNGs.
+
+    ``work(items)`` maps up to ``chunk`` items to their label maps, an :class:`InputError` standing
+    for an image that failed.
+    """
     start = time.time()
     manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
     remove_stale_temporaries(folder, older_than_s=0)
@@ -182,18 +199,18 @@ def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: In
     succeeded = {item[0] for item in items} - {item[0] for item in todo}
     bar = progress_bar(len(todo), opts.progress and bool(todo), name)
     try:
-        for item in todo:
-            image_id = item[0]
-            try:
-                label = work(*item)
-            except InputError as exc:
-                summary.failures[image_id] = str(exc)
-                bar.write(f"failed {image_id}: {exc}")
-            else:
-                maskstore.write_mask(maskstore.png_path(folder, image_id), label)
-                succeeded.add(image_id)
-                summary.done += 1
-            bar.update(1)
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            for item, label in zip(part, work(part)):
+                image_id = item[0]
+                if isinstance(label, InputError):
+                    summary.failures[image_id] = str(label)
+                    bar.write(f"failed {image_id}: {label}")
+                else:
+                    maskstore.write_mask(maskstore.png_path(folder, image_id), label)
+                    succeeded.add(image_id)
+                    summary.done += 1
+                bar.update(1)
     finally:
         bar.close()
         summary.failed = len(summary.failures)
@@ -238,12 +255,38 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
               "options": {"crf": opts.crf, "long_side": opts.long_side, "scales": list(opts.scales), "flip": opts.flip}}
     identity = {**loaded.identity, **header["options"]}
 
-    def work(image_id, path):
+    jobs = opts.jobs or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
+
+    def one(path):
         rgb, image = _image_tensor(path, device)
         _check_size(rgb, opts.long_side, opts.scales, path)
-        return predict_image(loaded.model, rgb, image, opts)
+        logits = image_logits(loaded.model, rgb, image, opts)
+        if not opts.crf:
+            return logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
+        return rgb, torch.softmax(logits, dim=0).cpu().numpy()
 
-    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, work, echo, "predict-weclip")
+    def work(part):
+        out = []
+        for _, path in part:
+            try:
+                out.append(one(path))
+            except InputError as exc:
+                out.append(exc)
+        if not opts.crf:
+            return out
+        todo = [i for i, o in enumerate(out) if not isinstance(o, InputError)]
+        if jobs > 1 and len(todo) > 1:
+            from joblib import Parallel, delayed
+
+            labels = Parallel(n_jobs=min(jobs, len(todo)))(delayed(crf_label)(*out[i]) for i in todo)
+        else:
+            labels = [crf_label(*out[i]) for i in todo]
+        for i, label in zip(todo, labels):
+            out[i] = label
+        return out
+
+    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, work, echo, "predict-weclip",
+                   chunk=2 * jobs if opts.crf and jobs > 1 else 1)
     summary.failures.update(failures)
     summary.failed = len(summary.failures)
     return summary
@@ -273,12 +316,21 @@ def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSum
               "options": {"long_side": opts.long_side, "phase": "late"}}
     identity = {**loaded.identity, **header["options"]}
 
-    def work(image_id):
+    def one(image_id):
         path = dataset.image_path(image_id)
         keys = sorted(dataset.labels(image_id))
         rgb, image = _image_tensor(path, device)
         _check_size(rgb, opts.long_side, (1.0,), path)
         return mask_image(loaded.model, rgb, image, keys, opts.long_side)
+
+    def work(part):
+        out = []
+        for (image_id,) in part:
+            try:
+                out.append(one(image_id))
+            except InputError as exc:
+                out.append(exc)
+        return out
 
     return _run([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, work, echo,
                 "masks-weclip")
