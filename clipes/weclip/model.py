@@ -20,6 +20,11 @@ from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity
 from clipes.weclip.tower import FrozenTower
 
 
+def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """``(H, W)`` with the long side resized to ``long_side``, rounded as the reference's test scripts."""
+    return int(height * long_side / max(height, width)), int(width * long_side / max(height, width))
+
+
 @dataclass
 class ImageStep:
     """Per-image intermediates of a training (or validation) step."""
@@ -159,8 +164,7 @@ class WeCLIP(nn.Module):
             ``[1, K+1, h1, w1]`` mean over scales of ``(seg(x) + flip(seg(flip x))) / 2``.
         """
         _, _, h0, w0 = image.shape
-        size = (int(h0 * long_side / max(h0, w0)), int(w0 * long_side / max(h0, w0)))  # the reference's rounding
-        x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        x = F.interpolate(image, size=long_side_size(h0, w0, long_side), mode="bilinear", align_corners=False)
         total, base = None, None
         for scale in scales:
             xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)

@@ -33,7 +33,7 @@ from clipes.images import load_image
 from clipes.runs import RunSummary, progress_bar, resolve_device
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config
-from clipes.weclip.model import WeCLIP, build_weclip
+from clipes.weclip.model import WeCLIP, build_weclip, long_side_size
 from clipes.weclip.options import ModelOptions, prompt_lists
 from clipes.weclip.tower import normalize_image
 
@@ -176,8 +176,7 @@ def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: lis
                ) -> np.ndarray:
     """The online pseudo label of one image at its own size (late phase, long side ``long_side``)."""
     h0, w0 = rgb.shape[:2]
-    size = (int(h0 * long_side / max(h0, w0)), int(w0 * long_side / max(h0, w0)))
-    resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    resized = F.interpolate(image, size=long_side_size(h0, w0, long_side), mode="bilinear", align_corners=False)
     with torch.no_grad():
         step = model.step(resized, [classes], True, label_sizes=[(h0, w0)])
     return step.images[0].label.cpu().numpy().astype(np.uint8)
