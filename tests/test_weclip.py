@@ -90,18 +90,19 @@ def test_affinity_labels_against_brute_force():
 
 def test_block_selection_signed_sum_and_ties():
     n = 4
-    affinity = torch.rand(n, n)
-    blocks = torch.stack([torch.full((n, n), v) for v in (0.1, 0.3, 0.2, 0.2)])
+    # dyadic values: every difference and sum below is exact in float32, so the tie is exact too
+    affinity = 0.5 + 0.25 * (torch.arange(n * n).reshape(n, n) % 3 == 0).float()
+    blocks = torch.stack([torch.full((n, n), v) for v in (0.125, 0.375, 0.25, 0.25)])
     keep = rfm.select_blocks(blocks, affinity)
-    # d_l = sum(A_f) - 16 v; mean at v = 0.2: blocks with v >= 0.2 are kept, the tie included
+    # d_l = sum(A_f) - 16 v; mean at v = 0.25: blocks with v >= 0.25 are kept, the two at the mean included
     assert keep.tolist() == [0.0, 1.0, 1.0, 1.0]
     with_cls = F.pad(blocks, (1, 0, 1, 0))  # [4, T, T]: a CLS row and column in front
     out = rfm.rfm_attention(with_cls, affinity, True, late_blocks=4)
     assert out.selection.tolist() == [0.0, 1.0, 1.0, 1.0]
-    expect = (0.3 + 0.2 + 0.2) / (3 + 1e-5) * affinity
+    expect = (0.375 + 0.25 + 0.25) / (3 + 1e-5) * affinity
     assert torch.allclose(out.attention, expect, atol=1e-6)
     early = rfm.rfm_attention(with_cls, None, False, early_blocks=2)
-    assert torch.allclose(early.attention, torch.full((n, n), 0.2)) and early.selection is None
+    assert torch.allclose(early.attention, torch.full((n, n), 0.25)) and early.selection is None
 
 
 def test_lr_schedule():
