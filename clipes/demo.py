@@ -195,7 +195,7 @@ def summary_table(report: dict) -> list[str]:
                          f"coverage {pct(data['with_ignored']['coverage']).strip()}%)")
             lines.append(f"  {title:<34}{pct(stage_miou(report, stage))}{extra}")
     for name, data in (report.get("methods") or {}).items():
-        title = {"weclip": f"WeCLIP ({data.get('iters')} iterations)"}.get(name, name)
+        title = f"{maskstore.METHOD_TITLES.get(name, name)} ({data.get('iters')} iterations)"
         lines.append(f"  {title:<34}{pct(data.get('miou'))}")
     baseline = report.get("baseline") or {}
     lines.append(f"  {'baseline: ' + str(baseline.get('class')) + ' everywhere':<34}{pct(baseline.get('miou'))}")

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clipes.vit import DenseViT, reference_attention
+from clipes.vit import DenseViT, fp16_out_projection, reference_attention
 
 GRAD_METHODS = ("analytic", "autograd")
 CAM_EPS = 1e-7  # the reference's epsilon in ``scale_cam_image``
@@ -147,10 +147,7 @@ class LastBlockPass:
         self.probs = torch.softmax(self.q_scaled @ k.transpose(-2, -1), dim=-1)  # P: [B, H, T, T]
         self.heads_out = self.probs @ v  # O: [B, H, T, d]
         merged = self.heads_out.permute(0, 2, 1, 3).reshape(b, t, c)
-        if fp16_out_proj:
-            out = F.linear(merged.half(), attn.out_proj.weight.half(), attn.out_proj.bias.half())
-        else:
-            out = attn.out_proj(merged)
+        out = fp16_out_projection(attn, merged) if fp16_out_proj else attn.out_proj(merged)
         self.h = x + out  # [B, T, C]
         ln2_out, self.ln2_mean, self.ln2_rstd = _layer_norm_with_stats(block.ln_2, self.h)
         self.fc = block.mlp.c_fc(ln2_out)  # z: [B, T, 4C]

@@ -186,6 +186,11 @@ class DenseViT(nn.Module):
         return x @ self.visual.proj
 
 
+def fp16_out_projection(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """WeCLIP's attention out-projection: ``x``, weight and bias cast to fp16 (the reference's quirk)."""
+    return F.linear(x.half(), attn.out_proj.weight.half(), attn.out_proj.bias.half())
+
+
 def reference_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None = None,
                         fp16_out_proj: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-attention with the weights of ``attn``, op for op as WeCLIP's reference computes it.
@@ -212,7 +217,7 @@ def reference_attention(attn: nn.MultiheadAttention, x: torch.Tensor, mask: torc
     probs = F.softmax(scores, dim=-1)
     out = torch.bmm(probs, v).transpose(0, 1).contiguous().view(t, b, c)  # [T, B, C]
     if fp16_out_proj:
-        out = F.linear(out.half(), attn.out_proj.weight.half(), attn.out_proj.bias.half())
+        out = fp16_out_projection(attn, out)
     else:
         out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
     return out, probs.view(b, heads, t, t).sum(dim=1) / heads

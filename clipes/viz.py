@@ -93,7 +93,7 @@ class WorkFolder:
     def title(self, stage: str, default: str) -> str:
         """A tile's caption: named after the method that made the stage folder (e.g. WeCLIP), if not CLIP-ES."""
         method = self.made_by.get(stage)
-        return f"{_METHOD_TITLES.get(method, method)} {default}" if method else default
+        return f"{maskstore.METHOD_TITLES.get(method, method)} {default}" if method else default
 
     def ids(self) -> list[str]:
         """Every image id with a file in any stage folder, sorted."""
@@ -140,9 +140,6 @@ def open_work(work: Path, data_root: Path | None = None, gt_dir: Path | None = N
                       made_by={s: m["method"] for s, m in manifests.items() if m.get("method")})
 
 
-_METHOD_TITLES = {"weclip": "WeCLIP", "weakclip": "WeakCLIP"}
-
-
 def method_folders(work: Path) -> dict[str, Path]:
     """``{"<method> <stage>": folder}`` for every ``WORK/methods/<method>/{predictions,masks}`` with a manifest."""
     found = {}
@@ -150,7 +147,7 @@ def method_folders(work: Path) -> dict[str, Path]:
     for method in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for stage, title in ((maskstore.PREDICTIONS_STAGE, "predictions"), (maskstore.MASKS_STAGE, "pseudo masks")):
             if manifest.read_manifest(method / stage) is not None:
-                found[f"{_METHOD_TITLES.get(method.name, method.name)} {title}"] = method / stage
+                found[f"{maskstore.METHOD_TITLES.get(method.name, method.name)} {title}"] = method / stage
     return found
 
 

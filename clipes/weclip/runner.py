@@ -182,12 +182,13 @@ def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: lis
     return step.images[0].label.cpu().numpy().astype(np.uint8)
 
 
-def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: InferOptions, work, echo,
-         name: str, chunk: int = 1) -> RunSummary:
+def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: InferOptions, one, echo,
+         name: str, chunk: int = 1, finish=None) -> RunSummary:
     """Shared loop: manifest, resume, one failure line per image, atomic PNGs.
 
-    ``work(items)`` maps up to ``chunk`` items to their label maps, an :class:`InputError` standing
-    for an image that failed.
+    ``one(*item)`` gives an image's label map (or, with ``finish``, what ``finish`` turns into one);
+    an :class:`InputError` it raises is that image's failure. ``finish(results)`` maps the results of
+    up to ``chunk`` items at once, errors left in place (predict's parallel CRF).
     """
     start = time.time()
     manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
@@ -200,7 +201,13 @@ def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: In
     try:
         for begin in range(0, len(todo), chunk):
             part = todo[begin:begin + chunk]
-            for item, label in zip(part, work(part)):
+            results = []
+            for item in part:
+                try:
+                    results.append(one(*item))
+                except InputError as exc:
+                    results.append(exc)
+            for item, label in zip(part, finish(results) if finish else results):
                 image_id = item[0]
                 if isinstance(label, InputError):
                     summary.failures[image_id] = str(label)
@@ -256,7 +263,7 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
 
     jobs = opts.jobs or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
 
-    def one(path):
+    def one(image_id, path):
         rgb, image = _image_tensor(path, device)
         _check_size(rgb, opts.long_side, opts.scales, path)
         logits = image_logits(loaded.model, rgb, image, opts)
@@ -264,15 +271,7 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
             return logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
         return rgb, torch.softmax(logits, dim=0).cpu().numpy()
 
-    def work(part):
-        out = []
-        for _, path in part:
-            try:
-                out.append(one(path))
-            except InputError as exc:
-                out.append(exc)
-        if not opts.crf:
-            return out
+    def finish(out):
         todo = [i for i, o in enumerate(out) if not isinstance(o, InputError)]
         if jobs > 1 and len(todo) > 1:
             from joblib import Parallel, delayed
@@ -284,8 +283,8 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
             out[i] = label
         return out
 
-    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, work, echo, "predict-weclip",
-                   chunk=2 * jobs if opts.crf and jobs > 1 else 1)
+    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo, "predict-weclip",
+                   chunk=2 * jobs if opts.crf and jobs > 1 else 1, finish=finish if opts.crf else None)
     summary.failures.update(failures)
     summary.failed = len(summary.failures)
     return summary
@@ -322,14 +321,5 @@ def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSum
         _check_size(rgb, opts.long_side, (1.0,), path)
         return mask_image(loaded.model, rgb, image, keys, opts.long_side)
 
-    def work(part):
-        out = []
-        for (image_id,) in part:
-            try:
-                out.append(one(image_id))
-            except InputError as exc:
-                out.append(exc)
-        return out
-
-    return _run([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, work, echo,
+    return _run([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
                 "masks-weclip")
