@@ -16,6 +16,6 @@ prepare()
 
 from mmseg.registry import MODELS  # noqa: E402
 
-from clipes.mmseg_ext import data, heads, hooks, losses, weclip  # noqa: E402,F401
+from clipes.mmseg_ext import data, heads, hooks, losses, weakclip, weclip  # noqa: E402,F401
 
 MODELS.register_module(module=losses.ConfidenceCrossEntropyLoss)
