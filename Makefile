@@ -15,8 +15,10 @@
 #   make train-weclip DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. WORK=.. [GPUS=n] [ITERS=n] [BATCH=n] [OPTIONS="k=v .."]
 #   make predict-weclip CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [SPLIT=..] [WORK=..] [DEVICE=..] [JOBS=n]
 #   make masks-weclip CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [OUT=..] [DEVICE=..]
+#   make train-weakclip WORK=.. [CONFIG=..] [SEEDS=<folder of mask PNGs>] [CLIP=..] [GPUS=n] [OPTIONS="k=v .."]
+#   make masks-weakclip WORK=.. CHECKPOINT=.. [SPLIT=..] [OUT=..] [CLIP=..] [DEVICE=..]
 #   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
-#   make bench-weclip [DEVICE=cuda]   a WeCLIP training iteration by part, and prediction per image
+#   make bench-weclip / bench-weakclip [DEVICE=cuda]   a training iteration by part, and inference per image
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -33,9 +35,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip bench-cams bench-refine bench-pipeline bench-weclip clean-demo help
+.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
 help:
-	@sed -n '2,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -124,6 +126,19 @@ predict-weclip: install
 	  $(call opt,--out,$(OUT)) $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
 	  $(call opt,--device,$(DEVICE)) $(call opt,--jobs,$(JOBS)) $(ARGS)
 
+# WeakCLIP (docs/weakclip.md): seeds (WORK/masks or SEEDS=) -> train-weakclip -> masks-weakclip.
+train-weakclip: install
+	$(SEG_RUN) train-weakclip $(call opt,--work,$(WORK)) $(call opt,--config,$(CONFIG)) $(call opt,--seeds,$(SEEDS)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--clip,$(CLIP)) $(call opt,--data-root,$(DATA_ROOT)) \
+	  $(call opt,--dataset,$(DATASET)) $(call opt,--classes,$(CLASSES)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--iters,$(ITERS)) $(call opt,--batch,$(BATCH)) $(call opt,--jobs,$(JOBS)) $(SEG_LAUNCHER) \
+	  $(SEG_OPTIONS) $(ARGS)
+
+masks-weakclip: install
+	$(CLIPES) masks-weakclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) $(call opt,--config,$(CONFIG)) \
+	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--dataset,$(DATASET)) $(call opt,--device,$(DEVICE)) $(ARGS)
+
 masks-weclip: install
 	$(CLIPES) masks-weclip $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \
 	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
@@ -152,6 +167,9 @@ bench-pipeline: install
 
 bench-weclip: install
 	$(BIN)/python benchmarks/bench_weclip.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+bench-weakclip: install
+	$(BIN)/python benchmarks/bench_weakclip.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

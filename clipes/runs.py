@@ -7,12 +7,15 @@ from here rather than from one another.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from clipes.errors import UserError
+from clipes import manifest, maskstore
+from clipes.errors import InputError, UserError
+from clipes.fsutil import remove_stale_temporaries
 
 
 @dataclass
@@ -51,3 +54,53 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "img"):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=unit, disable=not enabled, dynamic_ncols=True, desc=desc)
+
+
+def run_mask_loop(items, folder: Path, stage: str, header: dict, identity: dict, opts, one, echo,
+                  name: str, chunk: int = 1, finish=None) -> RunSummary:
+    """The loop of every command that writes one label PNG per image (predict-weclip, masks-weclip,
+    masks-weakclip): manifest, resume, one failure line per image, atomic PNGs.
+
+    ``opts`` needs ``force``, ``progress`` and ``device``.
+
+    ``one(*item)`` gives an image's label map (or, with ``finish``, what ``finish`` turns into one);
+    an :class:`InputError` it raises is that image's failure. ``finish(results)`` maps the results of
+    up to ``chunk`` items at once, errors left in place (predict's parallel CRF).
+    """
+    start = time.time()
+    manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
+    remove_stale_temporaries(folder, older_than_s=0)
+    done = set() if opts.force else maskstore.done_ids(folder)
+    todo = [item for item in items if item[0] not in done]
+    summary = RunSummary(folder=folder, already_done=len(items) - len(todo), stage=name)
+    succeeded = {item[0] for item in items} - {item[0] for item in todo}
+    bar = progress_bar(len(todo), opts.progress and bool(todo), name)
+    try:
+        for begin in range(0, len(todo), chunk):
+            part = todo[begin:begin + chunk]
+            results = []
+            for item in part:
+                try:
+                    results.append(one(*item))
+                except InputError as exc:
+                    results.append(exc)
+            for item, label in zip(part, finish(results) if finish else results):
+                image_id = item[0]
+                if isinstance(label, InputError):
+                    summary.failures[image_id] = str(label)
+                    bar.write(f"failed {image_id}: {label}")
+                else:
+                    maskstore.write_mask(maskstore.png_path(folder, image_id), label)
+                    succeeded.add(image_id)
+                    summary.done += 1
+                bar.update(1)
+    finally:
+        bar.close()
+        summary.failed = len(summary.failures)
+        summary.seconds = time.time() - start
+        manifest.end_run(folder, {"finished": manifest.now(), "device": opts.device, "done": summary.done,
+                                  "already_done": summary.already_done, "failed": summary.failed,
+                                  "seconds": round(summary.seconds, 2)},
+                         succeeded, summary.failures, {}, len(maskstore.done_ids(folder)))
+    echo(summary.line())
+    return summary

@@ -27,6 +27,7 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
               help="CAA's Sinkhorn rounds [0: the demo CLIP's last-block attention as it is; 3 suits ViT-B/16].")
 @click.option("--affinity-power", type=int, help="CAA's matrix power of the affinity [1; 2 suits ViT-B/16].")
 @click.option("--weclip-iters", type=int, help="WeCLIP decoder iterations [50]; 0 skips the WeCLIP row.")
+@click.option("--weakclip-iters", type=int, help="WeakCLIP iterations [200]; 0 skips the WeakCLIP row.")
 @click.option("--jobs", type=int, help="CRF worker processes [2].")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on].")
 def demo(work, clip, seg_config, **options):

@@ -80,13 +80,17 @@ class ProgressHook(Hook):
 
     Args:
         enabled: draw the bar (the validation lines are printed either way).
+        desc: the bar's label.
+        lr_group: the parameter group whose learning rate is shown (WeakCLIP: -1, the decoder's;
+            its first groups are the CLIP's, at the min-lr leak).
     """
 
     priority = "BELOW_NORMAL"
 
-    def __init__(self, enabled: bool = True, desc: str = "train-seg"):
+    def __init__(self, enabled: bool = True, desc: str = "train-seg", lr_group: int = 0):
         self.enabled = enabled
         self.desc = desc
+        self.lr_group = int(lr_group)
         self._bar = None
         self._main = True  # set in before_train
 
@@ -107,7 +111,7 @@ class ProgressHook(Hook):
             postfix["loss"] = f"{float(loss.detach() if hasattr(loss, 'detach') else loss):.4f}"
         rates = runner.optim_wrapper.get_lr().get("lr") if hasattr(runner.optim_wrapper, "get_lr") else None
         if rates:
-            postfix["lr"] = f"{float(rates[0]):.2e}"
+            postfix["lr"] = f"{float(rates[self.lr_group]):.2e}"
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(1)
 

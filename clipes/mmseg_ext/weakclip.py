@@ -17,6 +17,8 @@ CLIP tensor at all. A reference checkpoint (CLIP weights included or not) loads 
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -253,3 +255,257 @@ class WeakCLIPMetaHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault("meta", {})["weakclip"] = json.loads(json.dumps(self.info))
+
+
+# ---- train-weakclip ----------------------------------------------------------------------------
+def _seed_info(seeds: Path, opts) -> dict:
+    """The seeds' manifest (clipes masks), with the class names DATASET / CLASSES give for masks
+    made elsewhere."""
+    from clipes import manifest
+    from clipes.prompts import BUILTIN, default_class_file, load_class_file
+
+    info = dict(manifest.read_manifest(seeds) or {})
+    info["clipes"] = bool(info)
+    if opts.classes is not None:
+        info["classes"] = list(load_class_file(Path(opts.classes).expanduser()).names)
+    elif not info.get("classes") and opts.dataset in BUILTIN:
+        info["classes"] = list(load_class_file(default_class_file(opts.dataset)).names)
+    return info
+
+
+def _label_space(cfg, info: dict, seed_labels: str) -> tuple[str, list[str], int]:
+    """``(label space, model class names, number of seed values)`` after the class-count checks."""
+    space = cfg.model.get("label_space", "voc")
+    given = info.get("classes")
+    if space == "custom":
+        names = cfg.model.get("class_names") or given
+        if not names:
+            raise UserError("the config's label space is custom and no manifest lists the classes: give DATASET or "
+                            "CLASSES, or OPTIONS=\"model.class_names=[...]\"")
+        cfg.model.class_names = list(names)
+        return space, ["background", *names], len(names) + 1
+    names = list(label_spaces.class_names(space))
+    contiguous = {"voc": 21, "coco91": 81, "coco81": 81}[space]
+    if given and len(given) + 1 != contiguous:
+        raise UserError(f"the seeds have {len(given)} classes but the config's label space {space} has "
+                        f"{contiguous - 1}; use a config for this dataset")
+    return space, names, contiguous if seed_labels == "clipes" else len(names)
+
+
+def train_config(opts, echo=print):
+    """The mmengine config of a WeakCLIP run after every check (seeds, images, CLIP width); writes
+    only the split file and the run's manifest.
+
+    Raises:
+        UserError: one line: no seeds, bad seed files, empty split, a CLIP that does not fit the
+            config, unknown label space, bad options.
+    """
+    from clipes import manifest, maskstore
+    from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, \
+        resolve_checkpoint
+    from clipes.datasets import image_folder, read_split
+    from clipes.fsutil import ids_in
+    from clipes.mmseg_ext.runner import LAUNCHERS, _remove_unfinished_checkpoints, _write_split, last_checkpoint, \
+        load_config
+    from clipes.segdata import check_training_set
+    from clipes.weakclip.options import SEED_LABELS, STAGE, VOC_CONFIG
+
+    config = Path(opts.config or VOC_CONFIG).expanduser()
+    cfg = load_config(config)
+    cfg.merge_from_dict(opts.options)
+    if opts.work is None and opts.seeds is None:
+        raise UserError("give WORK (seeds from WORK/masks) or SEEDS: a folder of seed mask PNGs")
+    if opts.launcher not in LAUNCHERS:
+        raise UserError(f"unknown launcher {opts.launcher!r}; expected one of {LAUNCHERS}")
+    seeds = Path(opts.seeds or Path(opts.work) / maskstore.MASKS_STAGE).expanduser()
+    if not seeds.is_dir():
+        raise UserError(f"no seeds: {seeds} not found (run `make refine` first, or give SEEDS=<folder of PNGs>)")
+    info = _seed_info(seeds, opts)
+    seed_labels = opts.seed_labels or ("clipes" if info["clipes"] else "model")
+    if seed_labels not in SEED_LABELS:
+        raise UserError(f"seed labels must be one of {SEED_LABELS}, not {seed_labels!r}")
+    space, names, seed_values = _label_space(cfg, info, seed_labels)
+    recorded = info.get("input", {})
+    dataset = opts.dataset or recorded.get("dataset") or "voc12"
+    data_root = opts.data_root or recorded.get("data_root")
+    if not data_root:
+        raise UserError(f"give DATA_ROOT: {seeds} has no clipes manifest saying where the images are")
+    data_root = Path(data_root).expanduser()
+    if opts.images_dir is None and opts.data_root is None and recorded.get("images") and \
+            Path(recorded["images"]).is_dir():
+        image_dir = Path(recorded["images"])
+    else:
+        image_dir = image_folder(dataset, data_root, opts.images_dir)
+    # the CLIP, checked against the config before anything runs
+    clip_source = opts.clip or cfg.model.get("clip")
+    if not clip_source:
+        raise UserError("give CLIP: a CLIP ViT checkpoint (OpenAI .pt, .safetensors or a Hugging Face folder)")
+    clip_path = resolve_checkpoint(str(clip_source))
+    state = read_state_dict(clip_path)
+    check_clip_state_dict(state, clip_path)
+    arch = architecture(state)
+    del state
+    width, k = arch["vision_width"], len(names)
+    neck_in = cfg.model.neck.get("in_channels")
+    if neck_in is not None and list(neck_in) != [width + k] * 4:
+        raise UserError(f"{clip_path}: a CLIP of width {width} gives neck inputs of {width} + {k} classes = "
+                        f"{width + k} channels; {config.name} expects {list(neck_in)[0]} (a ViT-B/16-wide CLIP?)")
+    if arch["vision_layers"] < 12:
+        raise UserError(f"{clip_path}: a CLIP image encoder with {arch['vision_layers']} blocks; WeakCLIP taps "
+                        f"blocks 4, 6, 8 and 12")
+    if arch["text_width"] != arch["embed_dim"]:
+        raise UserError(f"{clip_path}: text width {arch['text_width']} differs from the embedding width "
+                        f"{arch['embed_dim']}; WeakCLIP's context vectors need them equal")
+    cfg.model.clip = str(clip_path)
+    # the training set, every seed read once
+    out = Path(opts.out or Path(opts.work or seeds.parent) / STAGE).expanduser()
+    if opts.split is not None:
+        split = Path(opts.split).expanduser()
+        ids = [image_id for image_id, _ in read_split(split)]
+    else:
+        ids, split = sorted(ids_in(seeds, ".png")), None
+    checked = check_training_set(ids, image_dir, seeds, seed_values, what="seed set")
+    splits = [split or _write_split(out / "train_split.txt", ids)]
+    if opts.extra_split is not None:
+        extra = Path(opts.extra_split).expanduser()
+        checked += check_training_set([i for i, _ in read_split(extra)], image_dir, seeds, seed_values,
+                                      what="extra seed set")
+        splits.append(extra)
+    palette = maskstore.voc_palette()
+    metainfo = dict(classes=tuple(names), palette=[palette[3 * (i % 256):3 * (i % 256) + 3] for i in range(k)])
+    base = dict(cfg.train_dataloader.dataset)
+    pipeline = [dict(t, label_space=space if seed_labels == "clipes" else "none") if t["type"] == "MapSeedLabels"
+                else t for t in base["pipeline"]]
+    parts = [dict(base, split=str(s), image_dir=str(image_dir), seg_dir=str(seeds), confidence_dir=None,
+                  metainfo=metainfo, pipeline=pipeline) for s in splits]
+    cfg.train_dataloader.dataset = parts[0] if len(parts) == 1 else dict(type="ConcatDataset", datasets=parts)
+    # the documented variants and the common knobs
+    if opts.frozen_clip:
+        cfg.model.frozen_clip = True
+    if opts.chained_coattention:
+        cfg.model.coattention = dict(cfg.model.get("coattention") or {}, chained=True)
+    if opts.adapter_lr_mult is not None:
+        cfg.optim_wrapper.paramwise_cfg.custom_keys["backbone.fpn"] = dict(lr_mult=float(opts.adapter_lr_mult))
+    if opts.iters:
+        cfg.train_cfg.max_iters, cfg.train_cfg.val_interval = int(opts.iters), int(opts.iters) + 1
+        for scheduler in cfg.param_scheduler:
+            if scheduler.get("type") == "WeakCLIPCosineLR":
+                scheduler["max_iters"], scheduler["end"] = int(opts.iters), int(opts.iters)
+                scheduler["warmup"] = min(int(scheduler.get("warmup", 0)), int(opts.iters))
+    if opts.batch_size:
+        cfg.train_dataloader.batch_size = int(opts.batch_size)
+    if opts.lr:
+        cfg.optim_wrapper.optimizer.lr = float(opts.lr)
+    if opts.jobs is not None:
+        cfg.train_dataloader.num_workers = int(opts.jobs)
+        cfg.train_dataloader.persistent_workers = int(opts.jobs) > 0
+    iters = int(cfg.train_cfg.max_iters)
+    for scheduler in cfg.param_scheduler:  # mmengine ends an undated scheduler after max_epochs (= 1) steps
+        scheduler.setdefault("by_epoch", False)
+    sha = file_sha256(clip_path)
+    meta = {"clip": str(clip_path), "clip_sha256": sha, "label_space": space, "classes": names,
+            "seed_classes": info.get("classes") or names[1:], "seed_labels": seed_labels,
+            "dataset": dataset, "frozen_clip": bool(cfg.model.get("frozen_clip"))}
+    header = {"command": manifest.command_line(), "method": "weakclip",
+              "input": {"seeds": str(seeds), "dataset": dataset, "data_root": str(data_root.resolve()),
+                        "images": str(image_dir.resolve()), "clip": str(clip_path), "config": str(config)},
+              **meta, "training": {"iters": iters, "batch_size": int(cfg.train_dataloader.batch_size),
+                                   "lr": float(cfg.optim_wrapper.optimizer.lr), "images": checked}}
+    model_fields = {k: v for k, v in cfg.model.to_dict().items() if k != "clip"}  # paths are not identity
+    identity = manifest.identity_of({
+        "clip_sha256": sha, "model": model_fields, "optim": cfg.optim_wrapper.to_dict(),
+        "schedule": [dict(s) for s in cfg.param_scheduler], "iters": iters, "pipeline": pipeline,
+        "batch_size": int(cfg.train_dataloader.batch_size), "ids": manifest.identity_of({"ids": ids}),
+        "extra": opts.extra_split is not None, "seed_labels": seed_labels})
+    manifest.begin_run(out, STAGE, header, identity)
+    cfg.work_dir = str(out)
+    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") not in ("WeakCLIPMetaHook",)]
+    hooks += [dict(type="WeakCLIPMetaHook", info=meta), dict(type="PlainCheckpointHook")]
+    if not opts.verbose:
+        hooks.append(dict(type="ProgressHook", enabled=opts.progress, desc="train-weakclip", lr_group=-1))
+    cfg.custom_hooks = hooks
+    cfg.launcher = opts.launcher
+    if opts.launcher != "none":
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.cuda.is_available():
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=True)
+    last = last_checkpoint(out) if opts.resume else None
+    if last is not None:
+        cfg.resume, cfg.load_from = True, str(last)
+        removed = _remove_unfinished_checkpoints(out, last)
+        echo(f"train-weakclip: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))"
+                                                        if removed else ""))
+    cfg.merge_from_dict(opts.options)
+    echo(f"train-weakclip: {checked} seed masks ({seed_labels} labels), {space} label space with {k} classes, "
+         f"{iters} iterations, CLIP {'frozen' if cfg.model.get('frozen_clip') else 'trained at the min-lr leak'}; "
+         f"output {out}")
+    return cfg
+
+
+def run_train(opts, echo=print) -> Path:
+    """Train WeakCLIP on seed masks; returns the output folder (checkpoints, logs, manifest)."""
+    from clipes.mmseg_ext.runner import _log_file, _runner
+
+    cfg = train_config(opts, echo)
+    with _runner(cfg, opts.verbose) as runner:
+        if not opts.verbose:
+            echo(f"train-weakclip: full log in {_log_file(runner)}")
+        runner.train()
+    return Path(cfg.work_dir)
+
+
+# ---- loading a checkpoint for masks-weakclip ---------------------------------------------------------
+def load_model(checkpoint: Path, clip: str | None = None, config: Path | None = None, device: str = "cpu",
+               echo=print):
+    """A WeakCLIP in eval mode from a clipes or reference checkpoint.
+
+    Returns:
+        ``(model, cfg, meta)``: the model on ``device``, its mmengine config (the one a clipes
+        checkpoint recorded, else ``config`` / the released one for its class count) and the
+        checkpoint's ``meta["weakclip"]`` (empty for reference checkpoints).
+
+    Raises:
+        UserError: not a WeakCLIP checkpoint, no CLIP, a CLIP or config that does not fit it.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from clipes.mmseg_ext.runner import load_config
+    from clipes.weakclip.checkpoint import dimensions, read_checkpoint
+    from clipes.weakclip.options import COCO_CONFIG, VOC_CONFIG
+
+    state, meta, kind = read_checkpoint(checkpoint)
+    dims = dimensions(state)
+    info = dict(meta.get("weakclip") or {})
+    if config is not None:
+        cfg = load_config(config)
+    elif kind == "clipes" and meta.get("cfg"):
+        cfg = Config.fromstring(meta["cfg"], ".py")
+    elif dims["num_classes"] in (21, 91):
+        cfg = load_config(VOC_CONFIG if dims["num_classes"] == 21 else COCO_CONFIG)
+    else:
+        raise UserError(f"{checkpoint} predicts {dims['num_classes']} classes: give CONFIG (the model's config)")
+    clip_source = clip or info.get("clip") or cfg.model.get("clip")
+    if not clip_source:
+        raise UserError(f"give CLIP: {checkpoint} is a reference checkpoint and names no CLIP")
+    model_cfg = dict(cfg.model)
+    model_cfg["clip"] = str(clip_source)
+    with DefaultScope.overwrite_default_scope("mmseg"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # mmseg's notes on the head's unused loss_decode
+        model = MODELS.build(model_cfg)
+    if model.num_classes != dims["num_classes"] or model.backbone.width != dims["clip_width"]:
+        raise UserError(f"{checkpoint} has {dims['num_classes']} classes on a CLIP of width {dims['clip_width']}; "
+                        f"the model built from {clip_source} and the config has {model.num_classes} on width "
+                        f"{model.backbone.width}")
+    if info.get("clip_sha256") and info["clip_sha256"] != model.clip_sha256:
+        echo(f"warning: {model.clip_path} is not the CLIP {checkpoint} was trained with "
+             f"(sha256 {model.clip_sha256[:12]} vs {info['clip_sha256'][:12]})")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise UserError(f"{checkpoint} does not fit the model: {str(exc).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise UserError(f"{checkpoint} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.checkpoint_kind = kind
+    return model.to(device).eval(), cfg, info

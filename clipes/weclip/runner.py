@@ -14,7 +14,6 @@ made unless ``force``, and report a bad image as one ``failed <id>:`` line.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,9 +27,8 @@ from clipes.clip_loader import file_sha256, load_clip
 from clipes.crf import CrfParams, dense_crf
 from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
 from clipes.errors import InputError, UserError
-from clipes.fsutil import remove_stale_temporaries
 from clipes.images import load_image
-from clipes.runs import RunSummary, progress_bar, resolve_device
+from clipes.runs import RunSummary, resolve_device, run_mask_loop
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config
 from clipes.weclip.model import WeCLIP, build_weclip, long_side_size
@@ -182,53 +180,6 @@ def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: lis
     return step.images[0].label.cpu().numpy().astype(np.uint8)
 
 
-def _run(items, folder: Path, stage: str, header: dict, identity: dict, opts: InferOptions, one, echo,
-         name: str, chunk: int = 1, finish=None) -> RunSummary:
-    """Shared loop: manifest, resume, one failure line per image, atomic PNGs.
-
-    ``one(*item)`` gives an image's label map (or, with ``finish``, what ``finish`` turns into one);
-    an :class:`InputError` it raises is that image's failure. ``finish(results)`` maps the results of
-    up to ``chunk`` items at once, errors left in place (predict's parallel CRF).
-    """
-    start = time.time()
-    manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
-    remove_stale_temporaries(folder, older_than_s=0)
-    done = set() if opts.force else maskstore.done_ids(folder)
-    todo = [item for item in items if item[0] not in done]
-    summary = RunSummary(folder=folder, already_done=len(items) - len(todo), stage=name)
-    succeeded = {item[0] for item in items} - {item[0] for item in todo}
-    bar = progress_bar(len(todo), opts.progress and bool(todo), name)
-    try:
-        for begin in range(0, len(todo), chunk):
-            part = todo[begin:begin + chunk]
-            results = []
-            for item in part:
-                try:
-                    results.append(one(*item))
-                except InputError as exc:
-                    results.append(exc)
-            for item, label in zip(part, finish(results) if finish else results):
-                image_id = item[0]
-                if isinstance(label, InputError):
-                    summary.failures[image_id] = str(label)
-                    bar.write(f"failed {image_id}: {label}")
-                else:
-                    maskstore.write_mask(maskstore.png_path(folder, image_id), label)
-                    succeeded.add(image_id)
-                    summary.done += 1
-                bar.update(1)
-    finally:
-        bar.close()
-        summary.failed = len(summary.failures)
-        summary.seconds = time.time() - start
-        manifest.end_run(folder, {"finished": manifest.now(), "device": opts.device, "done": summary.done,
-                                  "already_done": summary.already_done, "failed": summary.failed,
-                                  "seconds": round(summary.seconds, 2)},
-                         succeeded, summary.failures, {}, len(maskstore.done_ids(folder)))
-    echo(summary.line())
-    return summary
-
-
 def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
     """Predictions of a trained WeCLIP for a folder of images (or the ids of SPLIT)."""
     images = Path(opts.images or (Path(opts.data_root) / "JPEGImages" if opts.data_root else "")).expanduser()
@@ -283,7 +234,7 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
             out[i] = label
         return out
 
-    summary = _run(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo, "predict-weclip",
+    summary = run_mask_loop(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo, "predict-weclip",
                    chunk=2 * jobs if opts.crf and jobs > 1 else 1, finish=finish if opts.crf else None)
     summary.failures.update(failures)
     summary.failed = len(summary.failures)
@@ -321,5 +272,5 @@ def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSum
         _check_size(rgb, opts.long_side, (1.0,), path)
         return mask_image(loaded.model, rgb, image, keys, opts.long_side)
 
-    return _run([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
+    return run_mask_loop([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
                 "masks-weclip")
