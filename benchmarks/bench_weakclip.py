@@ -101,6 +101,11 @@ def main():
         model.train()
         from mmengine.optim import build_optim_wrapper
 
+        import logging
+
+        from mmengine.logging import MMLogger
+
+        MMLogger.get_instance("mmengine").setLevel(logging.ERROR)  # one line per parameter group otherwise
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
         optimizer = wrapper.optimizer
         mean = cfg.model.data_preprocessor.mean

@@ -169,10 +169,8 @@ masks = dict(img_scale=(1536, 384))
     return path
 
 
-@pytest.mark.parametrize("with_clip", [False, True])
-def test_reference_checkpoint_reproduces_the_reference_masks(tmp_path, with_clip):
-    """The golden's weights saved as mmseg 0.19 does (with or without the CLIP tensors) make the
-    pseudo masks of the reference's tools/make_crf.py."""
+def _reference_checkpoint(path: Path, with_clip: bool) -> Path:
+    """The golden's weights saved as mmseg 0.19 does (DDP prefixes), with or without the CLIP tensors."""
     from weakclip_helpers import build, model_config
 
     state = torch.load(WEAK / "trainable_weights.pt", weights_only=True)
@@ -181,10 +179,17 @@ def test_reference_checkpoint_reproduces_the_reference_masks(tmp_path, with_clip
         clip_tensors = {k: v.detach().clone() for k, v in net.named_parameters()
                         if k.startswith(("backbone.", "text_encoder.")) and not k.startswith("backbone.fpn")}
         assert len(clip_tensors) > 100
+        clip_tensors["backbone.ln_post.bias"] = clip_tensors["backbone.ln_post.bias"] + 0.125  # a trained CLIP
         state = {**clip_tensors, **state}
-    ckpt = tmp_path / "iter_8000.pth"
     torch.save({"meta": {"mmseg_version": "0.19.0"}, "state_dict": {f"module.{k}": v for k, v in state.items()}},
-               ckpt)
+               path)
+    return path
+
+
+def test_reference_checkpoint_reproduces_the_reference_masks(tmp_path):
+    """A released-style checkpoint (no CLIP tensors) makes the pseudo masks of the reference's
+    tools/make_crf.py on the golden images."""
+    ckpt = _reference_checkpoint(tmp_path / "iter_8000.pth", with_clip=False)
     voc = WEAK / "VOCdevkit" / "VOC2012"
     res = clipes("masks-weakclip", "--checkpoint", ckpt, "--clip", WEAK / "clip.pt", "--config",
                  _reference_config(tmp_path), "--data-root", voc, "--split",
@@ -197,6 +202,18 @@ def test_reference_checkpoint_reproduces_the_reference_masks(tmp_path, with_clip
         assert (got == masks[f"{image_id}_crf"]).mean() >= 0.999
 
 
+def test_reference_checkpoint_with_clip_weights_uses_them(tmp_path):
+    from clipes.mmseg_ext.weakclip import load_model
+
+    ckpt = _reference_checkpoint(tmp_path / "full.pth", with_clip=True)
+    model, cfg, info = load_model(ckpt, str(WEAK / "clip.pt"), _reference_config(tmp_path), echo=lambda _: None)
+    assert model.checkpoint_kind == "reference" and info == {}
+    plain, _, _ = load_model(_reference_checkpoint(tmp_path / "bare.pth", with_clip=False), str(WEAK / "clip.pt"),
+                             _reference_config(tmp_path), echo=lambda _: None)
+    assert torch.allclose(model.backbone.ln_post.bias, plain.backbone.ln_post.bias + 0.125)
+    assert torch.equal(model.contexts, plain.contexts) and torch.equal(model.beta, plain.beta)
+
+
 def test_frozen_clip_run_saves_no_clip_tensor(trained, tmp_path):
     data, split, work, config, _ = trained
     res = clipes(*train_args(work, config, "--frozen-clip", "--out", tmp_path / "frozen", iters=2))
@@ -204,6 +221,12 @@ def test_frozen_clip_run_saves_no_clip_tensor(trained, tmp_path):
     assert "CLIP frozen" in res.stdout
     state = torch.load(tmp_path / "frozen" / "iter_2.pth", weights_only=True)["state_dict"]
     assert state and not any(k.startswith(("clip_delta.", "text_encoder.")) for k in state)
+
+
+def _classes(folder: Path, n: int) -> Path:
+    path = folder / "classes.tsv"
+    path.write_text("".join(f"thing{i}\tthing {i}\n" for i in range(n)))
+    return path
 
 
 def _write_seed(folder: Path, image_id: str, array: np.ndarray) -> None:
@@ -224,34 +247,44 @@ def test_bad_input_is_one_line(trained, tmp_path):
             _write_seed(folder, image_id, mutate(image_id, gt))
         return folder
 
-    base = ["train-weakclip", "--config", config, "--clip", CLIP, "--data-root", data, "--dataset", "voc12",
-            "--iters", 2, "--jobs", 0, "--no-progress"]
-    # values outside the class range
+    from clipes.errors import UserError
+    from clipes.mmseg_ext.weakclip import train_config
+    from clipes.weakclip.options import TrainOptions
+
+    def refused(**kwargs) -> str:
+        options = dict(config=config, clip=str(CLIP), data_root=data, dataset="voc12", iters=2, jobs=0)
+        with pytest.raises(UserError) as info:
+            train_config(TrainOptions(**{**options, **kwargs}), echo=lambda _: None)
+        return str(info.value)
+
+    # values outside the class range: one line from the command, before anything is trained
     bad = seeds_with("values", lambda i, gt: np.where(gt == 0, 40, gt) if i == IDS[1] else gt)
-    res = clipes(*base, "--seeds", bad, "--out", tmp_path / "o1")
+    res = clipes("train-weakclip", "--config", config, "--clip", CLIP, "--data-root", data, "--dataset", "voc12",
+                 "--seeds", bad, "--out", tmp_path / "o1", "--no-progress")
     assert res.returncode == 2 and "values [40]" in said(res) and IDS[1] in said(res) and "Traceback" not in said(res)
-    assert not (tmp_path / "o1" / "iter_2.pth").exists()
+    assert len(said(res).strip().splitlines()) == 1 and not (tmp_path / "o1" / "iter_2.pth").exists()
     # a seed whose size differs from its image
     bad = seeds_with("size", lambda i, gt: gt[:-5] if i == IDS[2] else gt)
-    res = clipes(*base, "--seeds", bad, "--out", tmp_path / "o2")
-    assert res.returncode == 2 and "label map is" in said(res) and IDS[2] in said(res)
+    message = refused(seeds=bad, out=tmp_path / "o2")
+    assert "label map is" in message and IDS[2] in message
     # a listed id without a seed
     listed = tmp_path / "listed.txt"
     listed.write_text("\n".join(IDS[:4]) + "\n")
-    res = clipes(*base, "--seeds", seeds_with("ok", lambda i, gt: gt), "--split", listed, "--out", tmp_path / "o3")
-    assert res.returncode == 2 and f"{IDS[3]}.png: file not found" in said(res)
+    message = refused(seeds=seeds_with("ok", lambda i, gt: gt), split=listed, out=tmp_path / "o3")
+    assert f"{IDS[3]}.png: file not found" in message
     # an empty split
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    res = clipes(*base, "--seeds", tmp_path / "ok", "--split", empty, "--out", tmp_path / "o4")
-    assert res.returncode == 2 and "Traceback" not in said(res)
+    assert refused(seeds=tmp_path / "ok", split=empty, out=tmp_path / "o4")
     # a CLIP whose width does not fit the released config (768 + 21 neck inputs)
-    res = clipes(*train_args(work, VOC_CONFIG, "--out", tmp_path / "o5"))
-    assert res.returncode == 2 and "width 128" in said(res) and "expects 789" in said(res)
+    message = refused(work=work, config=VOC_CONFIG, out=tmp_path / "o5", dataset=None, data_root=None)
+    assert "width 128" in message and "expects 789" in message
     # a CLIP with too few blocks
     short = save_state_dict(make_tiny_clip(layers=3), tmp_path / "short.pt")
-    res = clipes(*train_args(work, config, "--out", tmp_path / "o6", clip=short))
-    assert res.returncode == 2 and "3 blocks" in said(res)
+    assert "3 blocks" in refused(work=work, clip=str(short), out=tmp_path / "o6", dataset=None, data_root=None)
+    # seeds of another label space
+    assert "label space voc has 20" in refused(work=work, config=VOC_CONFIG, classes=_classes(tmp_path, 6),
+                                               out=tmp_path / "o9")
     # a checkpoint of another model, and a CLIP that does not fit a checkpoint
     torch.save({"state_dict": {"backbone.weight": torch.zeros(1)}}, tmp_path / "seg.pth")
     res = clipes("masks-weakclip", "--checkpoint", tmp_path / "seg.pth", "--work", work, "--out", tmp_path / "o7",

@@ -173,6 +173,24 @@ def test_frozen_clip_gets_no_gradient_and_no_saved_tensor(tiny):
     assert not any(k.startswith("backbone.") and not k.startswith("backbone.fpn") for k in state)
 
 
+def test_default_trains_the_clip_at_lr_mult_zero(tiny):
+    """The reference's CLIP encoders are parameters of the optimiser (lr_mult 0, the min-lr leak)."""
+    from mmengine.optim import build_optim_wrapper
+
+    from clipes.mmseg_ext.runner import load_config
+    from clipes.weakclip.options import VOC_CONFIG
+
+    params = dict(tiny.named_parameters())
+    assert all(params[k].requires_grad for k in ("backbone.conv1.weight", "backbone.transformer.resblocks.0.ln_1.weight",
+                                                 "text_encoder.token_embedding.weight", "contexts"))
+    wrapper = build_optim_wrapper(tiny, load_config(VOC_CONFIG).optim_wrapper)
+    lrs = {id(p): g["lr"] for g in wrapper.optimizer.param_groups for p in g["params"]}
+    assert lrs[id(params["backbone.conv1.weight"])] == 0.0 and lrs[id(params["backbone.fpn1.1.weight"])] == 0.0
+    assert lrs[id(params["text_encoder.ln_final.weight"])] == 0.0
+    assert lrs[id(params["contexts"])] == 1e-4 and lrs[id(params["decode_head.conv_seg.weight"])] == 1e-4
+    assert len(lrs) == len(params)
+
+
 def test_checkpoint_deltas_round_trip(tiny):
     net = build(model_config(CLIP, crop=64, width=8, feature=8, stride=48))
     with torch.no_grad():

@@ -114,10 +114,10 @@ class WeakCLIP(BaseSegmentor):
         self.feature_size, self.tau, self.id_weight = tuple(feature_size), float(tau), float(id_weight)
         self.test_cfg = dict(test_cfg or {})
         self.frozen_clip = bool(frozen_clip)
-        if self.frozen_clip:
-            self.backbone.frozen = True
-            for p in self.backbone.clip_parameters() + list(self.text_encoder.parameters()):
-                p.requires_grad_(False)
+        self.backbone.frozen = self.frozen_clip
+        # clipes' loader hands the CLIP over frozen; the reference trains it (at lr_mult 0 + the leak)
+        for p in self.backbone.clip_parameters() + list(self.text_encoder.parameters()):
+            p.requires_grad_(not self.frozen_clip)
         self._register_state_dict_hook(_save_clip_delta)
         self._register_load_state_dict_pre_hook(_load_clip_delta, with_module=True)
 
