@@ -37,7 +37,7 @@ opt = $(if $(strip $(2)),$(1) "$(2)")
 
 .PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
 help:
-	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,21p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml

@@ -213,3 +213,44 @@ def test_checkpoint_deltas_round_trip(tiny):
     other = build(model_config(CLIP, crop=64, width=8, feature=8, stride=48))
     other.load_state_dict(raw)
     assert float(other.backbone.conv1.weight.min()) == 0.5
+
+
+def test_configs_parse_with_the_released_settings():
+    from clipes.mmseg_ext.runner import load_config
+    from clipes.weakclip.options import COCO_CONFIG, TINY_CONFIG, VOC_CONFIG
+
+    voc, coco, tiny_cfg = (load_config(p) for p in (VOC_CONFIG, COCO_CONFIG, TINY_CONFIG))
+    for cfg, space, k in ((voc, "voc", 21), (coco, "coco91", 91)):
+        assert cfg.custom_imports["imports"] == ["clipes.mmseg_ext"]
+        assert cfg.model.type == "WeakCLIP" and cfg.model.label_space == space
+        assert cfg.model.neck.in_channels == [768 + k] * 4 and cfg.model.decode_head.num_classes == k
+        assert cfg.model.decode_head.type == "FPNHead" and cfg.model.neck.type == "FPN"
+        assert cfg.model.decode_head.norm_cfg.type == "SyncBN" and cfg.model.adapter_norm == "SyncBN"
+        assert cfg.model.coattention == dict(width=256, heads=4, layers=3, dropout=0.1, chained=False)
+        assert cfg.model.feature_size == (64, 64) and cfg.model.test_cfg == dict(mode="slide", crop_size=512,
+                                                                                 stride=341)
+        mapping = [t for t in cfg.train_dataloader.dataset.pipeline if t["type"] == "MapSeedLabels"]
+        assert mapping and mapping[0]["label_space"] == space
+        assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+                                                   weight_decay=3e-5)
+        assert cfg.optim_wrapper.paramwise_cfg.custom_keys == dict(backbone=dict(lr_mult=0.0),
+                                                                   text_encoder=dict(lr_mult=0.0))
+        scheduler = cfg.param_scheduler[0]
+        assert scheduler.type == "WeakCLIPCosineLR" and scheduler.by_epoch is False and scheduler.min_lr == 1e-6
+        assert scheduler.max_iters == cfg.train_cfg.max_iters
+    assert (voc.train_cfg.max_iters, voc.train_dataloader.batch_size) == (20000, 8)
+    assert (coco.train_cfg.max_iters, coco.train_dataloader.batch_size) == (40000, 6)
+    assert voc.masks["crf"] == "voc" and coco.masks["crf"] == "coco" and len(voc.masks["ratios"]) == 6
+    model = build(dict(tiny_cfg.model, clip=str(CLIP), class_names=["a", "b"]))
+    assert model.num_classes == 3 and model.label_space == "custom" and model.decode_head.num_classes == 3
+
+
+def test_map_seed_labels_gives_coco_category_ids():
+    import clipes.mmseg_ext  # noqa: F401
+    from clipes.mmseg_ext.weakclip import MapSeedLabels
+
+    seeds = np.array([[0, 1, 12], [80, 255, 11]], dtype=np.uint8)  # clipes' contiguous COCO labels
+    out = MapSeedLabels("coco91").transform({"gt_seg_map": seeds.copy()})["gt_seg_map"]
+    assert out.tolist() == [[0, 1, 13], [90, 255, 11]]  # 12 'stop sign' -> id 13, not 'street sign'
+    same = MapSeedLabels("none").transform({"gt_seg_map": seeds.copy()})["gt_seg_map"]
+    assert np.array_equal(same, seeds)

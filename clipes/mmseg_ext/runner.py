@@ -418,14 +418,9 @@ def run_test(opts: SegOptions, echo: Callable[[str], None] = print) -> dict:
 
 def _safe_load(checkpoint: Path):
     """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
-    import torch
+    from clipes.checkpoints import safe_load
 
-    try:
-        return torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"cannot load checkpoint {checkpoint} safely (tensors and plain data only): "
-                        f"{type(exc).__name__}: {first}") from None
+    return safe_load(checkpoint)
 
 
 def load_weights(model, checkpoint: Path, data: dict | None = None) -> None:

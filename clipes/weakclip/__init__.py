@@ -10,7 +10,9 @@ segmentor in :mod:`clipes.mmseg_ext.weakclip` (mmseg's own ``FPN`` neck and ``FP
 * :mod:`.losses`: seed, CRF boundary and score-map losses, and the CRF target;
 * :mod:`.schedule`: the warm-up x cosine learning rate with its absolute floor;
 * :mod:`.inference`: the 12-view slide inference and the pseudo-mask CRF;
-* :mod:`.checkpoint`: clipes and reference checkpoints, read with ``weights_only=True``.
+* :mod:`.checkpoint`: clipes and reference checkpoints, read with ``weights_only=True``;
+* :mod:`.options`: the options of ``train-weakclip`` / ``masks-weakclip`` and the config paths;
+* :mod:`.runner`: ``masks-weakclip`` as a library call.
 
 See ``docs/weakclip.md``; the reference's behaviour is ``shared/spec/weakclip-algorithm.md``.
 """

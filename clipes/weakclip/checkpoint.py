@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from clipes.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
 
 REQUIRED = ("contexts", "gamma", "beta", "decode_head.conv_seg.weight", "context_decoder.text_proj.1.weight",
@@ -25,21 +26,14 @@ def read_checkpoint(path: Path) -> tuple[dict, dict, str]:
         UserError: unreadable, unsafe (needs unpickling code), or not a WeakCLIP checkpoint.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"cannot load checkpoint {path} safely (tensors and plain data only): "
-                        f"{type(exc).__name__}: {first}") from None
+    data = safe_load(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} holds no state dict")
     state = data.get("state_dict", data)
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} holds no state dict of tensors")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = strip_prefix(state, "module.")
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise UserError(f"{path} is not a WeakCLIP checkpoint (no {', '.join(missing[:3])})")

@@ -16,14 +16,11 @@ from pathlib import Path
 
 import torch
 
+from clipes.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
 from clipes.weclip.decoder import decoder_config
 
 CLIPES_PREFIX = "decoder."  # the mmengine model holds the WeCLIPDecoder as ``decoder``
-
-
-def _strip(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 def read_decoder_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, str]:
@@ -37,14 +34,7 @@ def read_decoder_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, str]:
         UserError: missing or unsafe file, or not a WeCLIP checkpoint.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"cannot load checkpoint {path} safely (tensors and plain data only): "
-                        f"{type(exc).__name__}: {first}") from None
+    data = safe_load(path)
     meta = {}
     if isinstance(data, dict):
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
@@ -54,7 +44,7 @@ def read_decoder_state(path: Path) -> tuple[dict[str, torch.Tensor], dict, str]:
                 break
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise UserError(f"{path} is not a WeCLIP checkpoint: no state dict of tensors")
-    state = _strip(data, "module.")
+    state = strip_prefix(data, "module.")
     if any(k.startswith(CLIPES_PREFIX + "decoder_fts_fuse.") for k in state):
         state, kind = {k[len(CLIPES_PREFIX):]: v for k, v in state.items() if k.startswith(CLIPES_PREFIX)}, "clipes"
     elif any(k.startswith("decoder_fts_fuse.") for k in state):

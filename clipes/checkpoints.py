@@ -1,0 +1,35 @@
+"""Reading checkpoints without trusting them: the one place every method's loader goes through.
+
+``torch.load(weights_only=True)`` accepts tensors and plain containers only; a file that would need
+arbitrary unpickling is refused with one line, never executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from clipes.errors import UserError
+
+
+def safe_load(path: Path):
+    """The content of a checkpoint file (tensors and plain data only), on the CPU.
+
+    Raises:
+        UserError: missing file, or one that cannot be read safely.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"cannot load checkpoint {path} safely (tensors and plain data only): "
+                        f"{type(exc).__name__}: {first}") from None
+
+
+def strip_prefix(state: dict, prefix: str = "module.") -> dict:
+    """``state`` with ``prefix`` (DDP's ``module.``) dropped from the keys that have it."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
