@@ -1,4 +1,5 @@
-"""Checks of a segmentation training set before any training starts (no mmseg needed).
+"""Checks of a segmentation training set before any training starts (no mmseg needed), and where
+a stage folder's images and classes are (what train-seg and train-weakclip read from a manifest).
 
 A bad pseudo mask found after an hour of training wastes the hour; these checks read every label
 PNG of the split once (header for the size, pixels for the values) and stop with one line naming
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipes.datasets import find_image
+from clipes import manifest
+from clipes.datasets import find_image, image_folder
 from clipes.errors import InputError, UserError
 from clipes.maskstore import IGNORE
 
@@ -86,3 +88,39 @@ def check_training_set(ids: list[str], image_dir: Path, seg_dir: Path, num_class
         raise UserError(f"{what}: {len(problems)} of {len(ids)} images are unusable: "
                         + "; ".join(problems[:_SHOWN]) + more)
     return len(ids)
+
+
+def stage_info(folder: Path | None, classes: Path | None = None, dataset: str | None = None) -> dict:
+    """The manifest of a label folder (``{}`` without one), with ``"clipes"``: whether it had one.
+
+    For masks made elsewhere (no manifest, or one without classes) the classes come from the class
+    file ``classes`` or the built-in list of ``dataset``.
+    """
+    from clipes.prompts import BUILTIN, default_class_file, load_class_file
+
+    info = dict((manifest.read_manifest(folder) if folder is not None and Path(folder).is_dir() else None) or {})
+    info["clipes"] = bool(info)
+    if classes is not None:
+        info["classes"] = list(load_class_file(Path(classes).expanduser()).names)
+    elif not info.get("classes") and dataset in BUILTIN:
+        info["classes"] = list(load_class_file(default_class_file(dataset)).names)
+    return info
+
+
+def dataset_paths(info: dict, dataset: str | None = None, data_root: Path | None = None,
+                  images_dir: str | None = None) -> tuple[str, Path, Path]:
+    """``(dataset, data_root, image folder)``: the given ones, else those a stage manifest records.
+
+    Raises:
+        UserError: no DATA_ROOT given or recorded.
+    """
+    recorded = info.get("input", {})
+    name = dataset or recorded.get("dataset") or "voc12"
+    root = Path(data_root or recorded.get("data_root") or "").expanduser()
+    if not str(root) or str(root) == ".":
+        raise UserError("give DATA_ROOT: no stage-2 manifest says where the dataset is")
+    if images_dir is None and data_root is None and recorded.get("images"):
+        images = Path(recorded["images"])
+        if images.is_dir():
+            return name, root, images
+    return name, root, image_folder(name, root, images_dir)

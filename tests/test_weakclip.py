@@ -181,8 +181,9 @@ def test_default_trains_the_clip_at_lr_mult_zero(tiny):
     from clipes.weakclip.options import VOC_CONFIG
 
     params = dict(tiny.named_parameters())
-    assert all(params[k].requires_grad for k in ("backbone.conv1.weight", "backbone.transformer.resblocks.0.ln_1.weight",
-                                                 "text_encoder.token_embedding.weight", "contexts"))
+    names = ("backbone.conv1.weight", "backbone.transformer.resblocks.0.ln_1.weight",
+             "text_encoder.token_embedding.weight", "contexts")
+    assert all(params[k].requires_grad for k in names)
     wrapper = build_optim_wrapper(tiny, load_config(VOC_CONFIG).optim_wrapper)
     lrs = {id(p): g["lr"] for g in wrapper.optimizer.param_groups for p in g["params"]}
     assert lrs[id(params["backbone.conv1.weight"])] == 0.0 and lrs[id(params["backbone.fpn1.1.weight"])] == 0.0

@@ -18,12 +18,11 @@ from typing import Callable
 
 from clipes import manifest, maskstore
 from clipes.clip_loader import file_sha256
-from clipes.datasets import ground_truth_dir, image_folder, read_split
+from clipes.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
-from clipes.prompts import BUILTIN, default_class_file, load_class_file
-from clipes.segdata import check_training_set
+from clipes.segdata import check_training_set, dataset_paths, stage_info
 
 LOSS_TYPE = "ConfidenceCrossEntropyLoss"
 LAUNCHERS = ("none", "pytorch")
@@ -146,28 +145,13 @@ def _fill_num_classes(cfg, info: dict, checkpoint: Path | dict | None = None) ->
 
 
 def _stage_info(work: Path | None, opts: SegOptions) -> dict:
-    """The masks manifest of ``work``; for masks made elsewhere (no manifest, or one without classes),
-    the classes come from ``opts.classes`` or the built-in list of ``opts.dataset``."""
+    """The masks manifest of ``work`` (see :func:`clipes.segdata.stage_info`)."""
     folder = Path(work).expanduser() / maskstore.MASKS_STAGE if work is not None else None
-    info = dict((manifest.read_manifest(folder) if folder is not None and folder.is_dir() else None) or {})
-    if opts.classes is not None:
-        info["classes"] = list(load_class_file(Path(opts.classes).expanduser()).names)
-    elif not info.get("classes") and opts.dataset in BUILTIN:
-        info["classes"] = list(load_class_file(default_class_file(opts.dataset)).names)
-    return info
+    return stage_info(folder, opts.classes, opts.dataset)
 
 
 def _dataset_paths(opts: SegOptions, info: dict) -> tuple[str, Path, Path]:
-    recorded = info.get("input", {})
-    dataset = opts.dataset or recorded.get("dataset") or "voc12"
-    data_root = Path(opts.data_root or recorded.get("data_root") or "").expanduser()
-    if not str(data_root) or str(data_root) == ".":
-        raise UserError("give DATA_ROOT: no stage-2 manifest says where the dataset is")
-    if opts.images_dir is None and opts.data_root is None and recorded.get("images"):
-        images = Path(recorded["images"])
-        if images.is_dir():
-            return dataset, data_root, images
-    return dataset, data_root, image_folder(dataset, data_root, opts.images_dir)
+    return dataset_paths(info, opts.dataset, opts.data_root, opts.images_dir)
 
 
 def _metainfo(info: dict, num_classes: int) -> dict | None:

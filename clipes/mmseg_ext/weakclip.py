@@ -258,21 +258,6 @@ class WeakCLIPMetaHook(Hook):
 
 
 # ---- train-weakclip ----------------------------------------------------------------------------
-def _seed_info(seeds: Path, opts) -> dict:
-    """The seeds' manifest (clipes masks), with the class names DATASET / CLASSES give for masks
-    made elsewhere."""
-    from clipes import manifest
-    from clipes.prompts import BUILTIN, default_class_file, load_class_file
-
-    info = dict(manifest.read_manifest(seeds) or {})
-    info["clipes"] = bool(info)
-    if opts.classes is not None:
-        info["classes"] = list(load_class_file(Path(opts.classes).expanduser()).names)
-    elif not info.get("classes") and opts.dataset in BUILTIN:
-        info["classes"] = list(load_class_file(default_class_file(opts.dataset)).names)
-    return info
-
-
 def _label_space(cfg, info: dict, seed_labels: str) -> tuple[str, list[str], int]:
     """``(label space, model class names, number of seed values)`` after the class-count checks."""
     space = cfg.model.get("label_space", "voc")
@@ -303,11 +288,11 @@ def train_config(opts, echo=print):
     from clipes import manifest, maskstore
     from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, \
         resolve_checkpoint
-    from clipes.datasets import image_folder, read_split
+    from clipes.datasets import read_split
     from clipes.fsutil import ids_in
     from clipes.mmseg_ext.runner import LAUNCHERS, _remove_unfinished_checkpoints, _write_split, last_checkpoint, \
         load_config
-    from clipes.segdata import check_training_set
+    from clipes.segdata import check_training_set, dataset_paths, stage_info
     from clipes.weakclip.options import SEED_LABELS, STAGE, VOC_CONFIG
 
     config = Path(opts.config or VOC_CONFIG).expanduser()
@@ -320,22 +305,12 @@ def train_config(opts, echo=print):
     seeds = Path(opts.seeds or Path(opts.work) / maskstore.MASKS_STAGE).expanduser()
     if not seeds.is_dir():
         raise UserError(f"no seeds: {seeds} not found (run `make refine` first, or give SEEDS=<folder of PNGs>)")
-    info = _seed_info(seeds, opts)
+    info = stage_info(seeds, opts.classes, opts.dataset)
     seed_labels = opts.seed_labels or ("clipes" if info["clipes"] else "model")
     if seed_labels not in SEED_LABELS:
         raise UserError(f"seed labels must be one of {SEED_LABELS}, not {seed_labels!r}")
     space, names, seed_values = _label_space(cfg, info, seed_labels)
-    recorded = info.get("input", {})
-    dataset = opts.dataset or recorded.get("dataset") or "voc12"
-    data_root = opts.data_root or recorded.get("data_root")
-    if not data_root:
-        raise UserError(f"give DATA_ROOT: {seeds} has no clipes manifest saying where the images are")
-    data_root = Path(data_root).expanduser()
-    if opts.images_dir is None and opts.data_root is None and recorded.get("images") and \
-            Path(recorded["images"]).is_dir():
-        image_dir = Path(recorded["images"])
-    else:
-        image_dir = image_folder(dataset, data_root, opts.images_dir)
+    dataset, data_root, image_dir = dataset_paths(info, opts.dataset, opts.data_root, opts.images_dir)
     # the CLIP, checked against the config before anything runs
     clip_source = opts.clip or cfg.model.get("clip")
     if not clip_source:

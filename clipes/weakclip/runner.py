@@ -20,10 +20,11 @@ from PIL import Image
 from clipes import manifest, maskstore
 from clipes.clip_loader import file_sha256
 from clipes.crf import read_crf_image
-from clipes.datasets import find_image, image_folder, read_split
+from clipes.datasets import find_image, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import ids_in
 from clipes.runs import RunSummary, resolve_device, run_mask_loop
+from clipes.segdata import dataset_paths, stage_info
 from clipes.weakclip import classes as label_spaces
 from clipes.weakclip import inference
 from clipes.weakclip.options import MasksOptions
@@ -56,7 +57,7 @@ def run_masks(opts: MasksOptions, echo: Callable[[str], None] = print) -> RunSum
         raise UserError("give WORK (masks go to WORK/methods/weakclip/masks) or OUT")
     work = Path(opts.work).expanduser() if opts.work else None
     seeds = work / maskstore.MASKS_STAGE if work else None
-    recorded = dict((manifest.read_manifest(seeds) if seeds is not None and seeds.is_dir() else None) or {})
+    recorded = stage_info(seeds)
     out = Path(opts.out or work / maskstore.METHODS_DIR / METHOD).expanduser()
     folder = out / maskstore.MASKS_STAGE
     if seeds is not None and folder.resolve() == seeds.resolve():
@@ -69,16 +70,7 @@ def run_masks(opts: MasksOptions, echo: Callable[[str], None] = print) -> RunSum
         raise UserError("give SPLIT (the ids to make masks for) or a WORK with masks/")
     if not ids:
         raise UserError(f"no images to make masks for ({opts.split or seeds} is empty)")
-    inputs = recorded.get("input", {})
-    dataset = opts.dataset or inputs.get("dataset") or "voc12"
-    if opts.data_root is None and opts.images_dir is None and inputs.get("images") and Path(inputs["images"]).is_dir():
-        image_dir, data_root = Path(inputs["images"]), Path(inputs.get("data_root") or inputs["images"])
-    else:
-        root = opts.data_root or inputs.get("data_root")
-        if not root:
-            raise UserError("give DATA_ROOT: no manifest says where the images are")
-        data_root = Path(root).expanduser()
-        image_dir = image_folder(dataset, data_root, opts.images_dir)
+    dataset, data_root, image_dir = dataset_paths(recorded, opts.dataset, opts.data_root, opts.images_dir)
     device = resolve_device(opts.device)
     model, cfg, info = load_model(Path(opts.checkpoint), opts.clip, opts.config, str(device), echo)
     settings = dict(cfg.get("masks") or {})
