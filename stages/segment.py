@@ -5,12 +5,11 @@ mmseg is imported only when one of these commands runs.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
-from stages.common import PATH, only_set
+from stages.common import PATH, echo_main, only_set
 
 
 def _common(func):
@@ -33,12 +32,6 @@ def _common(func):
     return func
 
 
-def _echo(line: str) -> None:
-    """Print once per job: on torchrun's rank 0 only."""
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(line)
-
-
 def _seg_options(**options):
     from clipes.mmseg_ext.runner import SegOptions, parse_options
 
@@ -59,8 +52,8 @@ def train_seg(**options):
     """Train a segmenter on the pseudo masks (resumes an interrupted run in the same OUT)."""
     from clipes.mmseg_ext.runner import run_train
 
-    out = run_train(_seg_options(**options), echo=_echo)
-    _echo(f"train-seg: done; checkpoints and logs in {out}")
+    out = run_train(_seg_options(**options), echo=echo_main)
+    echo_main(f"train-seg: done; checkpoints and logs in {out}")
 
 
 @click.command("test-seg")
@@ -72,8 +65,8 @@ def test_seg(**options):
     """Evaluate a trained segmenter on validation ground truth (mIoU, per-class IoU)."""
     from clipes.mmseg_ext.runner import run_test
 
-    metrics = run_test(_seg_options(**options), echo=_echo)
-    _echo("test-seg: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    metrics = run_test(_seg_options(**options), echo=echo_main)
+    echo_main("test-seg: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
 
 
 @click.command("predict")

@@ -6,19 +6,12 @@ masks-weakclip -> refined pseudo masks in WORK/methods/weakclip/masks -> eval / 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from clipes.datasets import DATASETS
-from stages.common import PATH, only_set
-
-
-def _echo(line: str) -> None:
-    """Print once per job: on torchrun's rank 0 only."""
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(line)
+from stages.common import PATH, echo_main, only_set
 
 
 @click.command("train-weakclip")
@@ -58,8 +51,8 @@ def train_weakclip(**options):
 
     options = only_set(**options)
     options["options"] = parse_options(options.get("options") or ())
-    out = run_train(TrainOptions(**options), echo=_echo)
-    _echo(f"train-weakclip: done; checkpoints and logs in {out}")
+    out = run_train(TrainOptions(**options), echo=echo_main)
+    echo_main(f"train-weakclip: done; checkpoints and logs in {out}")
 
 
 def _ratios(text):

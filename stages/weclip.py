@@ -5,19 +5,12 @@ mmseg/mmengine are imported only by ``train-weclip``.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
 from clipes.datasets import DATASETS
-from stages.common import PATH, only_set
-
-
-def _echo(line: str) -> None:
-    """Print once per job: on torchrun's rank 0 only."""
-    if os.environ.get("RANK", "0") == "0":
-        click.echo(line)
+from stages.common import PATH, echo_main, only_set
 
 
 def _model_options(options: dict):
@@ -79,8 +72,8 @@ def train_weclip(**options):
     options = only_set(**options)
     options["clip"] = options.pop("clip_source")
     options["options"] = parse_options(options.get("options") or ())
-    out = run_train(TrainOptions(model=model, **options), echo=_echo)
-    _echo(f"train-weclip: done; checkpoints and logs in {out}")
+    out = run_train(TrainOptions(model=model, **options), echo=echo_main)
+    echo_main(f"train-weclip: done; checkpoints and logs in {out}")
 
 
 def _infer_options(options: dict):
