@@ -4,10 +4,13 @@ mmengine stores its training log (``HistoryBuffer`` objects, whose pickles call 
 and numpy scalars in every checkpoint, which torch >= 2.6 refuses to load safely, and
 allow-listing ``getattr`` would reopen the door to arbitrary code. :class:`PlainCheckpointHook`
 writes those as plain lists and numbers instead and rebuilds them when a checkpoint is loaded, so
-resuming, testing and predicting never need an unsafe load.
+resuming, testing and predicting never need an unsafe load. :class:`MethodMetaHook` adds what a
+method's model was trained with to each checkpoint's meta; :class:`ProgressHook` is the console.
 """
 
 from __future__ import annotations
+
+import json
 
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
@@ -63,6 +66,20 @@ class PlainCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if "message_hub" in checkpoint:
             checkpoint["message_hub"] = restore_message_hub(checkpoint["message_hub"])
+
+
+@HOOKS.register_module()
+class MethodMetaHook(Hook):
+    """Record what a method's model was trained with in each checkpoint, under ``meta[key]``
+    (``weclip``, ``weakclip``: the CLIP's path and sha256, the classes, the options), as plain data
+    that loads with ``weights_only=True``."""
+
+    def __init__(self, key: str, info: dict):
+        self.key = str(key)
+        self.info = json.loads(json.dumps(info))  # plain dicts (the config hands over ConfigDicts)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault("meta", {})[self.key] = json.loads(json.dumps(self.info))
 
 
 def _is_scalar(value) -> bool:

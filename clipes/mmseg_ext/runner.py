@@ -210,6 +210,26 @@ def _remove_unfinished_checkpoints(out: Path, last: Path) -> int:
     return removed
 
 
+def launch_and_resume(cfg, out: Path, launcher: str, resume: bool, name: str, echo: Callable[[str], None],
+                      find_unused: bool = False) -> None:
+    """What every training command sets last: the launcher (torchrun: NCCL on GPUs; on CPU-only
+    machines gloo and DDP without device ids) and, with ``resume``, the run in ``out`` to continue
+    from (its ``last_checkpoint``; later, unfinished checkpoints are removed)."""
+    import torch
+
+    cfg.launcher = launcher
+    if launcher != "none":
+        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.cuda.is_available():
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=find_unused)
+    last = last_checkpoint(out) if resume else None
+    if last is not None:
+        cfg.resume, cfg.load_from = True, str(last)
+        removed = _remove_unfinished_checkpoints(out, last)
+        echo(f"{name}: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
+
+
 def _set_eval_dataset(cfg, key: str, split: Path, image_dir: Path, gt_dir: Path, metainfo: dict | None) -> None:
     loader = cfg.get(key)
     if not loader:
@@ -286,19 +306,8 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
     if not opts.verbose and not any(hook.get("type") == "ProgressHook" for hook in hooks):
         hooks = hooks + [dict(type="ProgressHook", enabled=opts.progress)]
     cfg.custom_hooks = hooks
-    cfg.launcher = opts.launcher
-    if opts.launcher != "none":
-        import torch
-
-        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
-        if not torch.cuda.is_available():  # CPU processes: DDP without device ids
-            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=bool(cfg.get("find_unused_parameters", False)))
-    last = last_checkpoint(out) if opts.resume else None
-    if last is not None:
-        cfg.resume, cfg.load_from = True, str(last)
-        removed = _remove_unfinished_checkpoints(out, last)
-        echo(f"train-seg: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
+    launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-seg", echo,
+                      find_unused=bool(cfg.get("find_unused_parameters", False)))
     cfg.merge_from_dict(opts.options)
     echo(f"train-seg: {checked} images, {mode} loss, {num_classes} classes, "
          f"validation: {val_split or 'none'}; output {out}")

@@ -7,7 +7,8 @@ Registered when :mod:`clipes.mmseg_ext` is imported:
   built from the config, and ``loss`` is the seed + CRF boundary + 0.4 x score-map loss.
 * ``WeakCLIPCosineLR``: the per-group warm-up x cosine schedule with the absolute floor.
 * ``MapSeedLabels``: clipes' contiguous COCO labels -> category ids for the 91-way model.
-* ``WeakCLIPMetaHook``: the CLIP's sha256, label space and classes in each checkpoint's meta.
+* (the shared ``MethodMetaHook`` records the CLIP's sha256, label space and classes in each
+  checkpoint's ``meta["weakclip"]``).
 
 Checkpoints never hold the CLIP: the trainable parts as they are, and the CLIP encoders as their
 change from the CLIP file (``clip_delta.*``, the min-lr leak of spec 12); with ``frozen_clip`` no
@@ -16,7 +17,6 @@ CLIP tensor at all. A reference checkpoint (CLIP weights included or not) loads 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mmcv.transforms import BaseTransform
-from mmengine.hooks import Hook
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmseg.models.segmentors.base import BaseSegmentor
-from mmseg.registry import HOOKS, MODELS, PARAM_SCHEDULERS, TRANSFORMS
+from mmseg.registry import MODELS, PARAM_SCHEDULERS, TRANSFORMS
 from torch import nn
 
 from clipes.clip_loader import load_clip
@@ -246,17 +245,6 @@ class MapSeedLabels(BaseTransform):
         return results
 
 
-@HOOKS.register_module()
-class WeakCLIPMetaHook(Hook):
-    """Record the CLIP, the label space and the model settings in each checkpoint (``meta["weakclip"]``)."""
-
-    def __init__(self, info: dict):
-        self.info = json.loads(json.dumps(info))
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["weakclip"] = json.loads(json.dumps(self.info))
-
-
 # ---- train-weakclip ----------------------------------------------------------------------------
 def _label_space(cfg, info: dict, seed_labels: str) -> tuple[str, list[str], int]:
     """``(label space, model class names, number of seed values)`` after the class-count checks."""
@@ -290,8 +278,7 @@ def train_config(opts, echo=print):
         resolve_checkpoint
     from clipes.datasets import read_split
     from clipes.fsutil import ids_in
-    from clipes.mmseg_ext.runner import LAUNCHERS, _remove_unfinished_checkpoints, _write_split, last_checkpoint, \
-        load_config
+    from clipes.mmseg_ext.runner import LAUNCHERS, _write_split, launch_and_resume, load_config
     from clipes.segdata import check_training_set, dataset_paths, stage_info
     from clipes.weakclip.options import SEED_LABELS, STAGE, VOC_CONFIG
 
@@ -394,23 +381,13 @@ def train_config(opts, echo=print):
         "extra": opts.extra_split is not None, "seed_labels": seed_labels})
     manifest.begin_run(out, STAGE, header, identity)
     cfg.work_dir = str(out)
-    hooks = [h for h in (cfg.get("custom_hooks") or []) if h.get("type") not in ("WeakCLIPMetaHook",)]
-    hooks += [dict(type="WeakCLIPMetaHook", info=meta), dict(type="PlainCheckpointHook")]
+    hooks = list(cfg.get("custom_hooks") or [])
+    hooks += [dict(type="MethodMetaHook", key="weakclip", info=meta), dict(type="PlainCheckpointHook")]
     if not opts.verbose:
         hooks.append(dict(type="ProgressHook", enabled=opts.progress, desc="train-weakclip", lr_group=-1))
     cfg.custom_hooks = hooks
-    cfg.launcher = opts.launcher
-    if opts.launcher != "none":
-        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
-        if not torch.cuda.is_available():
-            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=True)
-    last = last_checkpoint(out) if opts.resume else None
-    if last is not None:
-        cfg.resume, cfg.load_from = True, str(last)
-        removed = _remove_unfinished_checkpoints(out, last)
-        echo(f"train-weakclip: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))"
-                                                        if removed else ""))
+    # the co-attention's dead layers get no gradient: DDP must look for unused parameters
+    launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-weakclip", echo, find_unused=True)
     cfg.merge_from_dict(opts.options)
     echo(f"train-weakclip: {checked} seed masks ({seed_labels} labels), {space} label space with {k} classes, "
          f"{iters} iterations, CLIP {'frozen' if cfg.model.get('frozen_clip') else 'trained at the min-lr leak'}; "

@@ -7,8 +7,8 @@ Registered in mmseg's registries when :mod:`clipes.mmseg_ext` is imported:
   never contain the CLIP and DDP only synchronises the decoder.
 * ``WeCLIPTrainSet``: :class:`clipes.weclip.data.TrainSet`.
 * ``WeCLIPPolyWarmupLR``: the reference's warm-up + poly schedule (absolute-step poly).
-* ``WeCLIPPhaseHook``: tells the model the iteration (RFM phase switch); ``WeCLIPMetaHook``: the
-  CLIP sha256, classes and options in every checkpoint's ``meta["weclip"]``.
+* ``WeCLIPPhaseHook``: tells the model the iteration (RFM phase switch); the shared
+  ``MethodMetaHook`` records the CLIP sha256, classes and options in every checkpoint's ``meta["weclip"]``.
 
 :func:`run_train` builds the config from :class:`~clipes.weclip.options.TrainOptions`, checks the
 inputs, and resumes an interrupted run from the output folder's last checkpoint.
@@ -16,7 +16,6 @@ inputs, and resumes an interrupted run from the output folder's last checkpoint.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -111,23 +110,12 @@ class WeCLIPPhaseHook(Hook):
         model.iteration = runner.iter
 
 
-@HOOKS.register_module()
-class WeCLIPMetaHook(Hook):
-    """Record what the decoder was trained with in each checkpoint (``meta["weclip"]``)."""
-
-    def __init__(self, info: dict):
-        self.info = json.loads(json.dumps(info))  # plain dicts (the config hands over ConfigDicts)
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault("meta", {})["weclip"] = json.loads(json.dumps(self.info))
-
-
 def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
     from mmengine.config import Config
 
     from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, resolve_checkpoint
-    from clipes.mmseg_ext.runner import _remove_unfinished_checkpoints, last_checkpoint
+    from clipes.mmseg_ext.runner import launch_and_resume
 
     if opts.clip is None:
         raise UserError("give CLIP: a CLIP ViT checkpoint (OpenAI .pt, .safetensors or a Hugging Face folder)")
@@ -178,7 +166,7 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
                             save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="WeCLIPMetaHook", info=info),
+        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="MethodMetaHook", key="weclip", info=info),
                       dict(type="PlainCheckpointHook")] + (
             [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc="train-weclip")]),
         log_processor=dict(by_epoch=False),
@@ -186,16 +174,8 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
         randomness=dict(seed=opts.seed),
         log_level="INFO",
         work_dir=str(out),
-        launcher=opts.launcher,
     ))
-    if opts.launcher != "none" and not torch.cuda.is_available():
-        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    last = last_checkpoint(out) if opts.resume else None
-    if last is not None:
-        cfg.resume, cfg.load_from = True, str(last)
-        removed = _remove_unfinished_checkpoints(out, last)
-        note = f" (removed {removed} unfinished checkpoint(s))" if removed else ""
-        echo(f"train-weclip: resuming from {last}{note}")
+    launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-weclip", echo)
     cfg.merge_from_dict(opts.options)
     skipped = f", {len(failures)} skipped" if failures else ""
     echo(f"train-weclip: {len(samples)} images{skipped}, {len(classes.names)} classes, {iters} iterations "
