@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_cams import make_checkpoint, make_images, timed as clock  # noqa: E402
-
-from clipes.crf import read_crf_image  # noqa: E402
-from clipes.weakclip import inference, losses  # noqa: E402
-from clipes.weakclip.coattention import match, pyramid_inputs  # noqa: E402
-from clipes.weakclip.options import VOC_CONFIG  # noqa: E402
+from bench_cams import make_checkpoint, make_images, timed as clock
+from clipes.crf import read_crf_image
+from clipes.weakclip import inference, losses
+from clipes.weakclip.coattention import match, pyramid_inputs
+from clipes.weakclip.options import VOC_CONFIG
 
 
 def build(clip: Path, device, frozen: bool):

@@ -258,7 +258,8 @@ def _label_space(cfg, info: dict, seed_labels: str) -> tuple[str, list[str], int
         cfg.model.class_names = list(names)
         return space, ["background", *names], len(names) + 1
     names = list(label_spaces.class_names(space))
-    contiguous = {"voc": 21, "coco91": 81, "coco81": 81}[space]
+    mapped = label_spaces.SPACES[space][1]  # coco91: clipes' contiguous labels map into category ids
+    contiguous = len(label_spaces.COCO81) if mapped else len(names)
     if given and len(given) + 1 != contiguous:
         raise UserError(f"the seeds have {len(given)} classes but the config's label space {space} has "
                         f"{contiguous - 1}; use a config for this dataset")

@@ -104,7 +104,8 @@ def run_masks(opts: MasksOptions, echo: Callable[[str], None] = print) -> RunSum
                              f"one {model.backbone.patch}-pixel patch")
         mean = inference.average_softmax(model.encode_decode, bgr, model.num_classes, crop, stride, scale, ratios,
                                          flip, device).cpu().numpy()
-        label = inference.crf_mask(_plain_rgb(path, bgr), mean, params)
+        rgb = _plain_rgb(path, bgr) if params is not None else bgr[:, :, ::-1]  # decoded again only for the CRF
+        label = inference.crf_mask(rgb, mean, params)
         return lut[label] if lut is not None else label
 
     return run_mask_loop([(i,) for i in ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
