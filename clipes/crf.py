@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from clipes.errors import InputError
+from clipes.halfcast import to_float16, to_float32
 
 CRF_COLORS = ("reference", "rgb")
 MEAN_BGR = (104.008, 116.669, 122.675)
@@ -74,9 +75,19 @@ def read_crf_image(path: Path, color: str = "reference") -> np.ndarray:
 
 
 def probability_stack(maps: np.ndarray, params: CrfParams = CrfParams()) -> np.ndarray:
-    """``[1 + K, H, W]``: background score then the class maps (float16 or float32)."""
-    maps = np.asarray(maps, dtype=np.float16 if params.fp16_probs else np.float32)
-    background = np.power(1 - np.max(maps, axis=0, keepdims=True), params.bg_power).astype(maps.dtype)
+    """``[1 + K, H, W]``: background score then the class maps (float16 or float32).
+
+    The maximum and ``1 - max`` are taken in float32 and rounded once to float16: for float16
+    inputs both are exact in float32, so the stack is bit-identical to forming it in float16 (as the
+    reference does), without NumPy's element-wise float16 loops (5 ms per VOC image with 2 classes,
+    now 0.3 ms).
+    """
+    fp16 = params.fp16_probs
+    maps = to_float16(maps) if fp16 else np.asarray(maps, dtype=np.float32)
+    background = 1 - to_float32(maps).max(axis=0, keepdims=True)  # float32, exact for float16 maps
+    background = to_float16(background) if fp16 else background
+    if params.bg_power != 1:
+        background = np.power(background, params.bg_power).astype(maps.dtype)
     return np.concatenate([background, maps], axis=0)
 
 
@@ -105,6 +116,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParam
 def labels_and_confidence(probs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Argmax label (0 background, ``keys[i] + 1`` for row i + 1) and its probability.
 
+    Equal to ``np.argmax`` / ``np.max`` over the first axis (the first row wins ties), computed one
+    row at a time in float32, which is exact for float16 stacks and avoids ``np.argmax``'s
+    per-pixel strided loop (about 4 ms per VOC image).
+
     Args:
         probs: ``[1 + K, H, W]``.
         keys: ``[K]`` class indices.
@@ -112,9 +127,17 @@ def labels_and_confidence(probs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarr
     Returns:
         ``(label [H, W] uint8, confidence [H, W] float32)``.
     """
-    lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
-    winner = np.argmax(probs, axis=0)
-    return lookup[winner].astype(np.uint8), np.max(probs, axis=0).astype(np.float32)
+    lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
+    rows = to_float32(probs)
+    best = rows[0].copy()
+    winner = np.zeros(best.shape, dtype=np.uint8)
+    for index in range(1, rows.shape[0]):
+        better = (rows[index] > best).view(np.uint8)
+        np.maximum(winner, better * np.uint8(index), out=winner)  # index exceeds every earlier winner
+        np.maximum(best, rows[index], out=best)  # propagates NaN
+    if rows.shape[0] > 256 or np.isnan(best).any():  # np.argmax picks the first NaN; keep its rule there
+        winner = np.argmax(rows, axis=0)
+    return np.take(lookup, winner), best
 
 
 def pseudo_mask(label: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:

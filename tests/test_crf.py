@@ -46,6 +46,38 @@ def test_labels_map_through_keys_and_confidence_rule():
     assert pseudo_mask(label, confidence, 0.0).tolist() == [[0, 15, 3]]
 
 
+def _stack_in_numpy(maps, params):
+    """The stack formed the plain way, in the stack's dtype (NumPy's float16 loops for fp16)."""
+    maps = np.asarray(maps, dtype=np.float16 if params.fp16_probs else np.float32)
+    background = np.power(1 - np.max(maps, axis=0, keepdims=True), params.bg_power).astype(maps.dtype)
+    return np.concatenate([background, maps], axis=0)
+
+
+@pytest.mark.parametrize("params", [CrfParams(), CrfParams(fp16_probs=False), CrfParams(bg_power=2),
+                                    CrfParams(fp16_probs=False, bg_power=0.5)])
+@pytest.mark.parametrize("classes", [1, 3, 21])
+def test_fast_stack_labels_and_confidence_equal_the_plain_numpy_forms(params, classes):
+    rng = np.random.default_rng(classes)
+    maps = rng.random((classes, 37, 50)).astype(np.float32)
+    maps[:, :10] = np.round(maps[:, :10] * 4) / 4  # ties between classes: the first row must win
+    maps[:, 10:12] *= 1e-6  # float16 subnormals
+    stack = probability_stack(maps, params)
+    expected = _stack_in_numpy(maps, params)
+    assert stack.dtype == expected.dtype and np.array_equal(stack, expected)
+    keys = np.arange(classes) * 3 + 1
+    label, confidence = labels_and_confidence(stack, keys)
+    lookup = np.concatenate([[0], keys + 1])
+    assert np.array_equal(label, lookup[np.argmax(stack, axis=0)].astype(np.uint8))
+    assert confidence.dtype == np.float32 and np.array_equal(confidence, np.max(stack, axis=0).astype(np.float32))
+    assert len(np.unique(label)) > 1
+
+
+def test_labels_follow_argmax_where_a_map_is_nan():
+    probs = np.array([[[0.2, 0.9]], [[np.nan, 0.1]], [[0.5, np.nan]]], np.float32)
+    label, confidence = labels_and_confidence(probs, np.array([4, 6]))
+    assert label.tolist() == [[5, 7]] and np.isnan(confidence).all()
+
+
 def test_size_mismatch_is_reported(tmp_path):
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "x.png")
     with pytest.raises(InputError, match="12x10 but its maps are 12x11"):
