@@ -22,6 +22,7 @@ import numpy as np
 
 from clipes.errors import InputError
 from clipes.fsutil import atomic_open, ids_in, item_path
+from clipes.halfcast import to_float16, to_float32
 
 STAGE = "attention"
 SUFFIX = ".npz"
@@ -48,7 +49,7 @@ def write_attention(path: Path, attention: np.ndarray, grid: tuple[int, int]) ->
     if attention.shape != (grid[0] * grid[1],) * 2:
         raise ValueError(f"attention {attention.shape} does not match grid {grid}")
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, attention=attention.astype(np.float16), grid=np.asarray(grid, dtype=np.int64))
+        np.savez(handle, attention=to_float16(attention), grid=np.asarray(grid, dtype=np.int64))
 
 
 def read_attention(path: Path) -> AttentionFile:
@@ -64,7 +65,7 @@ def read_attention(path: Path) -> AttentionFile:
         raise InputError(f"cannot read attention file {path}: {exc}") from None
     if grid.shape != (2,) or attention.shape != (int(grid[0]) * int(grid[1]),) * 2:
         raise InputError(f"attention file {path} is inconsistent: {attention.shape} for grid {grid.tolist()}")
-    return AttentionFile(attention.astype(np.float32), (int(grid[0]), int(grid[1])))
+    return AttentionFile(to_float32(attention), (int(grid[0]), int(grid[1])))
 
 
 def done_ids(folder: Path) -> set[str]:

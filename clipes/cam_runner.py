@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -24,7 +25,7 @@ from clipes import attncache, camstore, manifest
 from clipes.clip_loader import load_clip
 from clipes.datasets import DATASETS, Dataset, open_dataset
 from clipes.errors import InputError, UserError
-from clipes.fsutil import remove_stale_temporaries
+from clipes.fsutil import BackgroundWriter, remove_stale_temporaries
 from clipes.gradcam import GRAD_METHODS, softmax_gradcam
 from clipes.images import check_size, load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
@@ -179,6 +180,16 @@ def _identity_fields(opts: CamOptions, classes, fg_prompts, bg_prompts, sha256: 
     }
 
 
+def _write_outputs(folder: Path, attention_folder: Path, image_id: str, labels: tuple, size: tuple,
+                   cams: np.ndarray, attention: np.ndarray | None, succeeded: set) -> None:
+    """One image's files (run by the background writer); the image counts once they exist."""
+    if attention is not None:
+        attncache.write_attention(attncache.attention_path(attention_folder, image_id), attention,
+                                  tuple(cams.shape[1:]))
+    camstore.write_cam_file(camstore.cam_path(folder, image_id), labels, cams, size)
+    succeeded.add(image_id)
+
+
 def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummary:
     """Compute and save softmax-GradCAMs for a split (see module docstring).
 
@@ -265,35 +276,36 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
     todo = sum(len(b) for b in batches) - sum(1 for b in batches for i in b if ids[i] in already)
     bar = progress_bar(todo, opts.progress and todo > 0, camstore.STAGE)
     succeeded = set(already)
+    writer = BackgroundWriter()  # the npz writes overlap the next forward
     try:
-        for batch in loader:
-            for item in batch:
-                if item.error is not None:
-                    summary.failures[item.image_id] = item.error
-                    bar.write(f"failed {item.image_id}: {item.error}")
-                elif item.note is not None and item.image_id not in already:
-                    summary.notes[item.image_id] = item.note
-                    bar.write(f"note {item.image_id}: {item.note}")
-            good = [item for item in batch if item.error is None]
-            if good:
-                images = torch.stack([item.tensor for item in good]).to(device, non_blocking=True)
-                results = softmax_gradcam(
-                    vit, images, [fg_features[list(item.labels)] for item in good], bg_features,
-                    model.logit_scale, method=opts.grad_method, quirk_77_tokens=opts.quirk_77_tokens,
-                    autocast=autocast, attention_layers=opts.affinity_layers if opts.save_affinity else 0)
-                for item, result in zip(good, results):
-                    succeeded.add(item.image_id)
-                    if item.image_id in already:
-                        continue
-                    if result.attention is not None:
-                        attncache.write_attention(attncache.attention_path(attention_folder, item.image_id),
-                                                  result.attention.cpu().numpy(), tuple(result.cams.shape[1:]))
-                    camstore.write_cam_file(camstore.cam_path(folder, item.image_id), item.labels,
-                                            result.cams.float().cpu().numpy(), item.size)
-                    summary.done += 1
-            bar.update(sum(1 for item in batch if item.image_id not in already))
-            bar.set_postfix(failed=len(summary.failures), refresh=False)
+        with writer:
+            for batch in loader:
+                for item in batch:
+                    if item.error is not None:
+                        summary.failures[item.image_id] = item.error
+                        bar.write(f"failed {item.image_id}: {item.error}")
+                    elif item.note is not None and item.image_id not in already:
+                        summary.notes[item.image_id] = item.note
+                        bar.write(f"note {item.image_id}: {item.note}")
+                good = [item for item in batch if item.error is None]
+                if good:
+                    images = torch.stack([item.tensor for item in good]).to(device, non_blocking=True)
+                    results = softmax_gradcam(
+                        vit, images, [fg_features[list(item.labels)] for item in good], bg_features,
+                        model.logit_scale, method=opts.grad_method, quirk_77_tokens=opts.quirk_77_tokens,
+                        autocast=autocast, attention_layers=opts.affinity_layers if opts.save_affinity else 0)
+                    for item, result in zip(good, results):
+                        if item.image_id in already:
+                            succeeded.add(item.image_id)
+                            continue
+                        attention = None if result.attention is None else result.attention.half().cpu().numpy()
+                        writer.submit(_write_outputs, folder, attention_folder, item.image_id, item.labels, item.size,
+                                      result.cams.float().cpu().numpy(), attention, succeeded)
+                        summary.done += 1
+                bar.update(sum(1 for item in batch if item.image_id not in already))
+                bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
+        writer.close(raise_error=False)
         bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start

@@ -24,6 +24,7 @@ import numpy as np
 
 from clipes.errors import InputError
 from clipes.fsutil import atomic_open, ids_in, item_path
+from clipes.halfcast import to_float16, to_float32
 
 STAGE = "cams"
 FORMAT = {
@@ -59,7 +60,7 @@ def cam_path(folder: Path, image_id: str) -> Path:
 def write_cam_file(path: Path, keys, cams, image_size: tuple[int, int], dtype=np.float32) -> None:
     """Atomically write one cams (float32) or refined (``dtype=np.float16``) file."""
     keys = np.asarray(keys, dtype=np.int64)
-    cams = np.asarray(cams, dtype=dtype)
+    cams = to_float16(cams) if np.dtype(dtype) == np.float16 else np.asarray(cams, dtype=dtype)
     if cams.ndim != 3 or cams.shape[0] != keys.shape[0]:
         raise ValueError(f"cams {cams.shape} do not match keys {keys.shape}")
     with atomic_open(path, "wb") as handle:
@@ -82,7 +83,7 @@ def read_cam_file(path: Path) -> CamFile:
         raise InputError(f"cannot read {path.parent.name} file {path}: {exc}") from None
     if keys.ndim != 1 or cams.ndim != 3 or cams.shape[0] != keys.shape[0] or size.shape != (2,):
         raise InputError(f"{path.parent.name} file {path} is inconsistent: keys {keys.shape}, cams {cams.shape}")
-    return CamFile(keys=keys.astype(np.int64), cams=cams.astype(np.float32), image_size=(int(size[0]), int(size[1])))
+    return CamFile(keys=keys.astype(np.int64), cams=to_float32(cams), image_size=(int(size[0]), int(size[1])))
 
 
 def done_ids(folder: Path) -> set[str]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from clipes.errors import UserError
 
@@ -34,6 +37,63 @@ def atomic_open(path: Path, mode: str = "wb"):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class BackgroundWriter:
+    """Runs an image's file writes on background threads while the caller computes the next image.
+
+    PNG and npz encoding, the copies and ``fsync`` release the GIL, so on a machine whose other
+    core would otherwise wait they cost the caller nothing. Each write is still atomic
+    (:func:`atomic_open`). At most ``depth`` writes are pending (``submit`` waits beyond that), so
+    memory stays bounded. The first error a write raises is raised again by the next ``submit`` and
+    by ``close``; ``close`` always waits for the writes already handed over, so a run that stops
+    on an error or Ctrl-C loses nothing it computed. Use it as a context manager or call ``close``.
+
+    Args:
+        threads: writer threads; 0 writes in the caller's thread at ``submit``.
+        depth: pending writes at most.
+    """
+
+    def __init__(self, threads: int = 1, depth: int = 4):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="clipes-write") if threads > 0 else None
+        self._slots = threading.BoundedSemaphore(max(depth, 1))
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[..., None], *args) -> None:
+        """Run ``write(*args)`` in the background (now, with ``threads=0``)."""
+        self._raise_error()
+        if self._pool is None:
+            write(*args)
+            return
+        self._slots.acquire()
+        try:
+            self._pool.submit(write, *args).add_done_callback(self._finished)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _finished(self, future: Future) -> None:
+        self._slots.release()
+        error = future.exception()
+        if error is not None and self._error is None:
+            self._error = error
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every pending write; then raise the first write error (unless told not to)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if raise_error:
+            self._raise_error()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(raise_error=kind is None)
 
 
 def write_json(path: Path, data: dict) -> None:

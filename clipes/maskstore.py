@@ -74,10 +74,14 @@ def _write_png(path: Path, image: Image.Image, compress_level: int = 6) -> None:
 
 
 def write_mask(path: Path, label: np.ndarray) -> None:
-    """Atomically write a label map ``[H, W]`` (uint8 values) as a palette PNG."""
+    """Atomically write a label map ``[H, W]`` (uint8 values) as a palette PNG.
+
+    zlib level 3: 0.5 ms to encode a 500x375 label map instead of 1.6 ms at PNG's default level 6,
+    for files about 1.4 times as large (9 vs 6 KB).
+    """
     image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
     image.putpalette(_PALETTE)
-    _write_png(path, image)
+    _write_png(path, image, compress_level=3)
 
 
 def write_confidence(path: Path, confidence: np.ndarray) -> None:

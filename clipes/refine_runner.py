@@ -27,7 +27,8 @@ from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_ca
 from clipes.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
 from clipes.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
-from clipes.fsutil import remove_stale_temporaries
+from clipes.fsutil import BackgroundWriter, remove_stale_temporaries
+from clipes.halfcast import to_float16, to_float32
 from clipes.runs import RunSummary, progress_bar, resolve_device
 
 ATTENTION_SOURCES = ("auto", "recompute", "cache")
@@ -194,26 +195,22 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
         summary.failures[image_id] = reason
         bar.write(f"failed {image_id}: {reason}")
 
+    writer = BackgroundWriter()  # PNG and npz encoding overlap the next image's CAA
     try:
-        with _crf_pool(opts.jobs, opts.crf_params, opts.crf) as pool:
+        with _crf_pool(opts.jobs, opts.crf_params, opts.crf) as pool, writer:
             for begin in range(0, len(todo), chunk):
                 ready = _refine_chunk(todo[begin:begin + chunk], cams_folder, image_dir, folders[camstore.REFINED_STAGE],
-                                      have_refined, attention, threshold, opts, device, fail)
+                                      have_refined, attention, threshold, opts, device, fail, writer)
                 for item, result in zip(ready, pool(ready)):
                     if isinstance(result, str):
                         fail(item.image_id, result)
                         continue
-                    label, confidence = result
-                    maskstore.write_confidence(maskstore.png_path(folders[maskstore.CONFIDENCE_STAGE], item.image_id),
-                                               confidence)
-                    maskstore.write_mask(maskstore.png_path(folders[maskstore.LABELS_STAGE], item.image_id), label)
-                    maskstore.write_mask(maskstore.png_path(folders[maskstore.MASKS_STAGE], item.image_id),
-                                         pseudo_mask(label, confidence, opts.confidence))
-                    succeeded.add(item.image_id)
+                    writer.submit(_write_masks, folders, item.image_id, *result, opts.confidence, succeeded)
                     summary.done += 1
                 bar.update(min(chunk, len(todo) - begin))
                 bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
+        writer.close(raise_error=False)
         bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start
@@ -228,8 +225,18 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
     return summary
 
 
+def _write_masks(folders: dict, image_id: str, label: np.ndarray, confidence: np.ndarray, threshold: float,
+                 succeeded: set) -> None:
+    """The three PNGs of one image (run by the background writer); the image counts once they exist."""
+    maskstore.write_confidence(maskstore.png_path(folders[maskstore.CONFIDENCE_STAGE], image_id), confidence)
+    maskstore.write_mask(maskstore.png_path(folders[maskstore.LABELS_STAGE], image_id), label)
+    maskstore.write_mask(maskstore.png_path(folders[maskstore.MASKS_STAGE], image_id),
+                         pseudo_mask(label, confidence, threshold))
+    succeeded.add(image_id)
+
+
 def _refine_chunk(ids, cams_folder, image_dir, refined_folder, have_refined, attention, threshold, opts, device,
-                  fail) -> list[_Ready]:
+                  fail, writer: BackgroundWriter) -> list[_Ready]:
     """Refined maps of a few images (reused from disk when present), written to ``refined/``."""
     ready, pending = [], []
     for image_id in ids:
@@ -254,9 +261,10 @@ def _refine_chunk(ids, cams_folder, image_dir, refined_folder, have_refined, att
         # T itself; refine_cams applies T**power as repeated products with the CAMs (no N**3 product)
         affinity = affinity_from_attention(maps[image_id].to(device), opts.sinkhorn_rounds, power=1)
         refined = refine_cams(affinity, cams.cams, cams.image_size, threshold, power=opts.affinity_power)
-        camstore.write_cam_file(camstore.cam_path(refined_folder, image_id), cams.keys, refined, cams.image_size,
-                                dtype=np.float16)
-        ready.append(_Ready(image_id, cams.keys, refined.astype(np.float16).astype(np.float32), image_path))
+        refined = to_float16(refined)  # as stored; the CRF reads exactly these values
+        writer.submit(camstore.write_cam_file, camstore.cam_path(refined_folder, image_id), cams.keys, refined,
+                      cams.image_size, np.float16)
+        ready.append(_Ready(image_id, cams.keys, to_float32(refined), image_path))
     order = {image_id: i for i, image_id in enumerate(ids)}
     return sorted(ready, key=lambda item: order[item.image_id])
 
