@@ -194,3 +194,34 @@ def test_npy_interop_roundtrip_and_pickle_flag(refined_run, tmp_path):
     assert result.returncode == 0 and "12 imported" in result.stdout
     imported = camstore.read_cam_file(camstore.cam_path(tmp_path / "w" / "refined", "2001_000005"))
     assert imported.keys.tolist() == [13, 16, 11] and imported.image_size == (152, 201)
+
+
+def test_a_failed_write_stops_the_run_and_keeps_what_was_written(refined_run, tmp_path, monkeypatch):
+    from clipes.refine_runner import RefineOptions, run_refine
+
+    work, _ = refined_run
+    for stage in ("cams", "attention"):
+        shutil.copytree(work / stage, tmp_path / stage)
+    clean = tmp_path / "clean"
+    run_refine(RefineOptions(work=tmp_path, out=clean, crf=False, progress=False), echo=lambda line: None)
+    real, calls = maskstore.write_confidence, []
+
+    def fail_third(path, confidence):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(path, confidence)
+
+    monkeypatch.setattr(maskstore, "write_confidence", fail_third)
+    with pytest.raises(OSError, match="No space left"):
+        run_refine(RefineOptions(work=tmp_path, crf=False, progress=False), echo=lambda line: None)
+    written = maskstore.done_ids(tmp_path / "masks")
+    assert 2 <= len(written) < len(GOLDEN_IDS)  # the writes handed over before the failure were finished
+    for stage in ("refined", "masks", "confidence", "labels"):
+        assert not [p for p in (tmp_path / stage).iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(maskstore, "write_confidence", real)
+    run_refine(RefineOptions(work=tmp_path, crf=False, progress=False), echo=lambda line: None)
+    resumed, expected = load_masks(tmp_path / "masks"), load_masks(clean / "masks")
+    assert sorted(resumed) == sorted(expected) == GOLDEN_IDS
+    for image_id in GOLDEN_IDS:
+        np.testing.assert_array_equal(resumed[image_id], expected[image_id])
