@@ -129,13 +129,15 @@ def labels_and_confidence(probs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarr
     """
     lookup = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1]).astype(np.uint8)
     rows = to_float32(probs)
+    if rows.shape[0] > 256:  # more rows than a uint8 index holds
+        return np.take(lookup, np.argmax(rows, axis=0)), rows.max(axis=0)
     best = rows[0].copy()
     winner = np.zeros(best.shape, dtype=np.uint8)
     for index in range(1, rows.shape[0]):
         better = (rows[index] > best).view(np.uint8)
         np.maximum(winner, better * np.uint8(index), out=winner)  # index exceeds every earlier winner
         np.maximum(best, rows[index], out=best)  # propagates NaN
-    if rows.shape[0] > 256 or np.isnan(best).any():  # np.argmax picks the first NaN; keep its rule there
+    if np.isnan(best).any():  # np.argmax picks the first NaN; keep its rule there
         winner = np.argmax(rows, axis=0)
     return np.take(lookup, winner), best
 
