@@ -276,9 +276,8 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
     todo = sum(len(b) for b in batches) - sum(1 for b in batches for i in b if ids[i] in already)
     bar = progress_bar(todo, opts.progress and todo > 0, camstore.STAGE)
     succeeded = set(already)
-    writer = BackgroundWriter()  # the npz writes overlap the next forward
     try:
-        with writer:
+        with BackgroundWriter() as writer:  # the npz writes overlap the next forward
             for batch in loader:
                 for item in batch:
                     if item.error is not None:
@@ -305,7 +304,6 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
                 bar.update(sum(1 for item in batch if item.image_id not in already))
                 bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
-        writer.close(raise_error=False)
         bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start

@@ -195,9 +195,9 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
         summary.failures[image_id] = reason
         bar.write(f"failed {image_id}: {reason}")
 
-    writer = BackgroundWriter()  # PNG and npz encoding overlap the next image's CAA
     try:
-        with _crf_pool(opts.jobs, opts.crf_params, opts.crf) as pool, writer:
+        # the background writer's PNG and npz encoding overlap the next image's CAA
+        with _crf_pool(opts.jobs, opts.crf_params, opts.crf) as pool, BackgroundWriter() as writer:
             for begin in range(0, len(todo), chunk):
                 ready = _refine_chunk(todo[begin:begin + chunk], cams_folder, image_dir, folders[camstore.REFINED_STAGE],
                                       have_refined, attention, threshold, opts, device, fail, writer)
@@ -210,7 +210,6 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
                 bar.update(min(chunk, len(todo) - begin))
                 bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
-        writer.close(raise_error=False)
         bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start
