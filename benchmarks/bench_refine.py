@@ -31,6 +31,7 @@ from clipes.caa import affinity_from_attention, refine_cams
 from clipes.clip_loader import load_clip
 from clipes.crf import CrfParams
 from clipes.gradcam import softmax_gradcam
+from clipes.halfcast import to_float16
 from clipes.images import load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.refine_runner import _crf_pool, _Ready
@@ -68,7 +69,7 @@ def main():
                                                          0.4, power=2),
                                      device)
             rows["affinity + CAA"].append(seconds)
-            ready.append(_Ready(str(i), np.arange(args.labels), refined.astype(np.float16).astype(np.float32), path))
+            ready.append(_Ready(str(i), np.arange(args.labels), to_float16(refined), path))
         smooth = []
         for item in ready:  # the same scenes blurred: the CRF's cost grows with colour diversity
             path = tmp / f"smooth-{item.image_id}.png"

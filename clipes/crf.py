@@ -83,7 +83,7 @@ def probability_stack(maps: np.ndarray, params: CrfParams = CrfParams()) -> np.n
     now 0.3 ms).
     """
     fp16 = params.fp16_probs
-    maps = to_float16(maps) if fp16 else np.asarray(maps, dtype=np.float32)
+    maps = to_float16(maps) if fp16 else to_float32(maps)
     background = 1 - to_float32(maps).max(axis=0, keepdims=True)  # float32, exact for float16 maps
     background = to_float16(background) if fp16 else background
     if params.bg_power != 1:

@@ -28,7 +28,7 @@ from clipes.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
 from clipes.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import BackgroundWriter, remove_stale_temporaries
-from clipes.halfcast import to_float16, to_float32
+from clipes.halfcast import to_float16
 from clipes.runs import RunSummary, progress_bar, resolve_device
 
 ATTENTION_SOURCES = ("auto", "recompute", "cache")
@@ -89,7 +89,7 @@ class _Ready:
 
     image_id: str
     keys: np.ndarray
-    maps: np.ndarray  # [K, H, W] float32 holding float16 values
+    maps: np.ndarray  # [K, H, W] float16, the values the refined file holds
     image_path: Path
 
 
@@ -243,7 +243,7 @@ def _refine_chunk(ids, cams_folder, image_dir, refined_folder, have_refined, att
             image_path = find_image(image_dir, image_id)
             if image_id in have_refined:
                 stored = camstore.read_cam_file(camstore.cam_path(refined_folder, image_id))
-                ready.append(_Ready(image_id, stored.keys, stored.cams, image_path))
+                ready.append(_Ready(image_id, stored.keys, to_float16(stored.cams), image_path))
                 continue
             cams = camstore.read_cam_file(camstore.cam_path(cams_folder, image_id))
             _check_image_size(image_path, cams.image_size)
@@ -263,7 +263,7 @@ def _refine_chunk(ids, cams_folder, image_dir, refined_folder, have_refined, att
         refined = to_float16(refined)  # as stored; the CRF reads exactly these values
         writer.submit(camstore.write_cam_file, camstore.cam_path(refined_folder, image_id), cams.keys, refined,
                       cams.image_size, np.float16)
-        ready.append(_Ready(image_id, cams.keys, to_float32(refined), image_path))
+        ready.append(_Ready(image_id, cams.keys, refined, image_path))
     order = {image_id: i for i, image_id in enumerate(ids)}
     return sorted(ready, key=lambda item: order[item.image_id])
 
