@@ -122,16 +122,25 @@ class Yardstick:
         return self.history[-1]
 
 
+def default_batch(gpu: bool) -> int:
+    """The commands' default batch: 8 images on a GPU, 1 on the CPU."""
+    return 8 if gpu else 1
+
+
+def refine_step(jobs: int, gpu: bool) -> int:
+    """How many images refine writes at a time: its chunk, 4 x JOBS or the batch."""
+    return max(4 * jobs, default_batch(gpu))
+
+
 def command(name: str, tmp: Path, checkpoint: Path, split: Path, work: Path, common: list, gpu: bool
             ) -> tuple[list, Path, int]:
     """Arguments of one of ``COMMANDS``, the folder whose files time its steady rate, and how many
-    images it writes at a time (cams: its default batch; refine: its chunk, 4 x JOBS or the batch)."""
-    batch = 8 if gpu else 1
+    images it writes at a time."""
     if name.startswith("cams"):
         extra = ["--save-affinity"] if "--save-affinity" in name else []
         return (["cams", "--dataset", "voc12", "--data-root", tmp / "voc", "--split", split, "--clip", checkpoint,
-                 "--work", work, *extra, *common], work / "cams", batch)
-    return ["refine", "--work", work, "--no-crf", *common], work / "masks", max(4, batch)
+                 "--work", work, *extra, *common], work / "cams", default_batch(gpu))
+    return ["refine", "--work", work, "--no-crf", *common], work / "masks", refine_step(1, gpu)
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -204,7 +213,7 @@ def main():
         for jobs in ([] if args.skip_crf else [int(j) for j in args.crf_jobs.split(",")]):
             pair(f"refine (CRF, JOBS={jobs})", lambda count: (
                 ["refine", "--work", works[count], "--out", tmp / f"crf{count}-{jobs}", "--jobs", jobs, *common],
-                tmp / f"crf{count}-{jobs}" / "masks", max(4 * jobs, 8 if gpu else 1)))
+                tmp / f"crf{count}-{jobs}" / "masks", refine_step(jobs, gpu)))
 
     nan = float("nan")
     rows[BOTH] = [Row(a.marginal + b.marginal, a.ratio + b.ratio, a.cpu_ratio + b.cpu_ratio, a.steady + b.steady,
