@@ -42,9 +42,9 @@ from pathlib import Path
 import torch
 
 from bench_cams import make_checkpoint, make_images, sync
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.images import load_image, to_clip_tensor
-from clipes.vit import DenseViT
+from clipes.backbones.vit import DenseViT
 
 LABELS = ("cat", "dog")
 COMMANDS = ("cams", "cams --save-affinity", "refine --no-crf")

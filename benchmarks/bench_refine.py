@@ -28,15 +28,15 @@ import torch
 from bench_cams import bench_parser, make_checkpoint, make_images, timed
 from clipes import attncache
 from clipes.caa import affinity_from_attention, refine_cams
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.crf import CrfParams
 from clipes.gradcam import softmax_gradcam
 from clipes.halfcast import to_float16
 from clipes.images import load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.refine_runner import _crf_pool, _Ready
-from clipes.text import encode_prompts
-from clipes.vit import DenseViT
+from clipes.backbones.text import encode_prompts
+from clipes.backbones.vit import DenseViT
 
 
 def main():

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_cams import make_checkpoint, timed as clock
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm
 from clipes.weclip.cam import last_block_cams

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from clipes import attncache, camstore, manifest
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.datasets import DATASETS, Dataset, open_dataset
 from clipes.errors import InputError, UserError
 from clipes.fsutil import BackgroundWriter, remove_stale_temporaries
@@ -30,8 +30,8 @@ from clipes.gradcam import GRAD_METHODS, softmax_gradcam
 from clipes.images import check_size, load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
 from clipes.runs import RunSummary, progress_bar, resolve_device
-from clipes.text import encode_prompts
-from clipes.vit import DenseViT
+from clipes.backbones.text import encode_prompts
+from clipes.backbones.vit import DenseViT
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 

@@ -1,7 +1,7 @@
 """Training the demo CLIP: a small OpenAI-architecture ViT CLIP learnt from demo scenes and captions.
 
 The model is ``clip.model.CLIP`` itself (patch 16, the ViT-B/16 code path) with small widths, so the
-checkpoint is an ordinary OpenAI state dict that :func:`clipes.clip_loader.load_clip` reads like
+checkpoint is an ordinary OpenAI state dict that :func:`clipes.backbones.clip_loader.load_clip` reads like
 the real one. It is trained contrastively (symmetric InfoNCE) on image-caption pairs rendered by
 :mod:`clipes.demo_data` from seeds that the demo dataset never uses.
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clipes.vit import DenseViT, fp16_out_projection, reference_attention
+from clipes.backbones.vit import DenseViT, fp16_out_projection, reference_attention
 
 GRAD_METHODS = ("analytic", "autograd")
 CAM_EPS = 1e-7  # the reference's epsilon in ``scale_cam_image``

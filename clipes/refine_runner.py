@@ -309,8 +309,8 @@ class _AttentionSource:
         return attncache.done_ids(self.cache_folder)
 
     def _load_model(self):
-        from clipes.clip_loader import load_clip
-        from clipes.vit import DenseViT
+        from clipes.backbones.clip_loader import load_clip
+        from clipes.backbones.vit import DenseViT
 
         made = self.cams_manifest.get("clip", {})
         source = self.opts.clip

@@ -39,7 +39,7 @@ def golden_ids():
 
 @pytest.fixture(scope="session")
 def golden_clip():
-    from clipes.clip_loader import load_clip
+    from clipes.backbones.clip_loader import load_clip
 
     return load_clip(str(GOLDEN / "clip.pt"))
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from clipes import demo_clip, demo_data
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from stages.demo import DEMO_CLIP
 
 

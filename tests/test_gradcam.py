@@ -6,8 +6,8 @@ from PIL import Image
 from clipes.gradcam import minmax_normalize, softmax_gradcam
 from clipes.images import to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
-from clipes.text import encode_prompts
-from clipes.vit import DenseViT
+from clipes.backbones.text import encode_prompts
+from clipes.backbones.vit import DenseViT
 from conftest import GOLDEN, make_tiny_clip
 
 

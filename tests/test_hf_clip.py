@@ -9,10 +9,10 @@ import torch
 
 from clipes import camstore
 from clipes.cam_runner import CamOptions, run_cams
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.compat import ensure_torchvision, import_clip
 from clipes.errors import UserError
-from clipes.hf_clip import hf_to_openai
+from clipes.backbones.hf_clip import hf_to_openai
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
-from clipes.text import encode_prompts
+from clipes.backbones.text import encode_prompts
 from conftest import GOLDEN
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from clipes.vit import DenseViT
+from clipes.backbones.vit import DenseViT
 from conftest import make_tiny_clip
 
 

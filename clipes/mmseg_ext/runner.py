@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipes import manifest, maskstore
-from clipes.clip_loader import file_sha256
+from clipes.backbones.clip_loader import file_sha256
 from clipes.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import atomic_open, ids_in

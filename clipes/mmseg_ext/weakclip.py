@@ -29,7 +29,7 @@ from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS, PARAM_SCHEDULERS, TRANSFORMS
 from torch import nn
 
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.errors import UserError
 from clipes.weakclip import classes as label_spaces
 from clipes.weakclip import schedule
@@ -275,7 +275,7 @@ def train_config(opts, echo=print):
             config, unknown label space, bad options.
     """
     from clipes import manifest, maskstore
-    from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, \
+    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, \
         resolve_checkpoint
     from clipes.datasets import read_split
     from clipes.fsutil import ids_in

@@ -26,7 +26,7 @@ from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmseg.registry import DATASETS, HOOKS, MODELS, PARAM_SCHEDULERS
 
 from clipes import manifest
-from clipes.clip_loader import load_clip
+from clipes.backbones.clip_loader import load_clip
 from clipes.errors import UserError
 from clipes.weclip import rfm, schedule
 from clipes.weclip.data import TrainSet, write_samples
@@ -114,7 +114,7 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
     from mmengine.config import Config
 
-    from clipes.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, resolve_checkpoint
+    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, resolve_checkpoint
     from clipes.mmseg_ext.runner import launch_and_resume
 
     if opts.clip is None:

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from clipes import manifest, maskstore
-from clipes.clip_loader import file_sha256
+from clipes.backbones.clip_loader import file_sha256
 from clipes.crf import read_crf_image
 from clipes.datasets import find_image, read_split
 from clipes.errors import InputError, UserError

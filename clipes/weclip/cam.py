@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from clipes.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
-from clipes.vit import DenseViT, reference_attention
+from clipes.backbones.vit import DenseViT, reference_attention
 
 
 @dataclass

@@ -186,7 +186,7 @@ def build_weclip(clip_model: nn.Module, fg_prompts: list[str], bg_prompts: list[
     The text features are WeCLIP's (one template, the reference's fp16 out-projection in the text
     blocks when ``fp16_out_proj``); ``options`` are :class:`WeCLIP`'s keyword arguments.
     """
-    from clipes.text import encode_prompts_reference
+    from clipes.backbones.text import encode_prompts_reference
 
     fp16 = options.get("fp16_out_proj", True)
     fg = encode_prompts_reference(clip_model, fg_prompts, template, fp16)

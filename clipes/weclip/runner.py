@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from clipes import manifest, maskstore
-from clipes.clip_loader import file_sha256, load_clip
+from clipes.backbones.clip_loader import file_sha256, load_clip
 from clipes.crf import CrfParams, dense_crf
 from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
 from clipes.errors import InputError, UserError

@@ -3,7 +3,7 @@
 The reference replaces CLIP's attention by one that keeps q, k, v and the softmax in fp32 but runs
 the **out-projection in fp16** (input, weight and bias cast to half), even when the model is held
 in fp32 on the CPU. The same attention runs in the trainable decoder.
-:func:`clipes.vit.reference_attention` reproduces it bit for bit on the CPU; ``fp16_out_proj=False``
+:func:`clipes.backbones.vit.reference_attention` reproduces it bit for bit on the CPU; ``fp16_out_proj=False``
 is the clean fp32 variant.
 
 Images go through blocks ``1..L-1`` once, without gradients, keeping each block's output (the
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clipes.vit import DenseViT, reference_block
+from clipes.backbones.vit import DenseViT, reference_block
 
 # ImageNet statistics on 0..255 RGB: the reference normalises with these, not with CLIP's (quirk).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

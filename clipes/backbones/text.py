@@ -62,7 +62,7 @@ def encode_text_reference(model: torch.nn.Module, tokens: torch.Tensor, fp16_out
     Returns:
         ``[P, D]`` float32 (not normalised).
     """
-    from clipes.vit import reference_block
+    from clipes.backbones.vit import reference_block
 
     x = model.token_embedding(tokens).float() + model.positional_embedding.float()  # [P, T, W]
     x = x.permute(1, 0, 2)  # [T, P, W]

@@ -4,7 +4,7 @@ Accepted: an OpenAI model name (``ViT-B/16``; fetched by clip's own downloader w
 path to an OpenAI-format checkpoint, either a TorchScript archive (the official files) or a plain
 state dict saved with ``torch.save`` (fp16 or fp32, optionally under a ``state_dict``/``model`` key,
 optionally with ``module.`` prefixes), a ``.safetensors`` file with OpenAI key names, or a Hugging
-Face ``CLIPModel`` folder (``config.json`` + ``model.safetensors``, mapped by :mod:`clipes.hf_clip`).
+Face ``CLIPModel`` folder (``config.json`` + ``model.safetensors``, mapped by :mod:`clipes.backbones.hf_clip`).
 The architecture is inferred from tensor shapes by clip's own ``build_model`` (heads = width // 64).
 Plain files are read with ``weights_only=True``: a file that would need arbitrary unpickling is
 refused, never executed.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from clipes import hf_clip
+from clipes.backbones import hf_clip
 from clipes.compat import import_clip
 from clipes.errors import UserError
 
