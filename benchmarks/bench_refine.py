@@ -27,10 +27,10 @@ import torch
 
 from bench_cams import bench_parser, make_checkpoint, make_images, timed
 from clipes import attncache
-from clipes.caa import affinity_from_attention, refine_cams
+from clipes.maps.caa import affinity_from_attention, refine_cams
 from clipes.backbones.clip_loader import load_clip
-from clipes.crf import CrfParams
-from clipes.gradcam import softmax_gradcam
+from clipes.maps.crf import CrfParams
+from clipes.maps.gradcam import softmax_gradcam
 from clipes.halfcast import to_float16
 from clipes.images import load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file

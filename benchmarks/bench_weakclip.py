@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench_cams import make_checkpoint, make_images, timed as clock
-from clipes.crf import read_crf_image
+from clipes.maps.crf import read_crf_image
 from clipes.weakclip import inference, losses
 from clipes.weakclip.coattention import match, pyramid_inputs
 from clipes.weakclip.options import VOC_CONFIG

@@ -26,7 +26,7 @@ from clipes.backbones.clip_loader import load_clip
 from clipes.datasets import DATASETS, Dataset, open_dataset
 from clipes.errors import InputError, UserError
 from clipes.fsutil import BackgroundWriter, remove_stale_temporaries
-from clipes.gradcam import GRAD_METHODS, softmax_gradcam
+from clipes.maps.gradcam import GRAD_METHODS, softmax_gradcam
 from clipes.images import check_size, load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
 from clipes.runs import RunSummary, progress_bar, resolve_device

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from clipes import camstore, manifest, maskstore
-from clipes.caa import upsample_maps
+from clipes.maps.caa import upsample_maps
 from clipes.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from clipes import attncache, camstore, manifest, maskstore
-from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
-from clipes.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
+from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
+from clipes.maps.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
 from clipes.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import BackgroundWriter, remove_stale_temporaries

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from clipes import camstore, manifest, maskstore
-from clipes.caa import upsample_maps
+from clipes.maps.caa import upsample_maps
 from clipes.datasets import find_image, ground_truth_dir, image_folder
 from clipes.errors import InputError, UserError
 from clipes.evaluation import Confusion

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from clipes import camstore, demo_data, maskstore
-from clipes.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
+from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
 from clipes.datasets import read_split
 from clipes.demo import DemoOptions
 from clipes.evaluation import Confusion, labels_from_maps

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes.crf import (CrfParams, crf_labels, labels_and_confidence, probability_stack, pseudo_mask,
+from clipes.maps.crf import (CrfParams, crf_labels, labels_and_confidence, probability_stack, pseudo_mask,
                         read_crf_image)
 from clipes.errors import InputError
 from conftest import GOLDEN, GOLDEN_IDS

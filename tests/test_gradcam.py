@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes.gradcam import minmax_normalize, softmax_gradcam
+from clipes.maps.gradcam import minmax_normalize, softmax_gradcam
 from clipes.images import to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.backbones.text import encode_prompts

@@ -188,7 +188,7 @@ def test_losses_and_gradients(model, inputs, mode):
 
 @pytest.mark.parametrize("image_id", ["wc_002", "wc_003"])
 def test_inference_views_average_and_crf(model, inputs, image_id):
-    from clipes.crf import read_crf_image
+    from clipes.maps.crf import read_crf_image
     from clipes.weakclip import inference
 
     ref = _npz("inference.npz")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clipes.errors import UserError
-from clipes.par import par_refine
+from clipes.maps.par import par_refine
 from clipes.weclip import losses, rfm, schedule
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity, decoder_config

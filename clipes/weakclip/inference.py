@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipes.crf import CrfParams, dense_crf
+from clipes.maps.crf import CrfParams, dense_crf
 
 RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 IMG_SCALE = (2048, 512)

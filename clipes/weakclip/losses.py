@@ -5,7 +5,7 @@
 * :func:`probabilities`: logits at 1/4 resized to the fixed loss grid, softmax with a 1e-7 floor;
 * :func:`seed_cues` / :func:`seed_loss`: one-hot cues of the nearest-sampled seeds; background and the
   pooled foreground normalised separately per image (DSRG's balanced form);
-* :func:`crf_target` / :func:`boundary_loss`: a dense CRF (pydensecrf, via :mod:`clipes.crf`) on the
+* :func:`crf_target` / :func:`boundary_loss`: a dense CRF (pydensecrf, via :mod:`clipes.maps.crf`) on the
   de-normalised, downsampled image gives Q; ``mean sum_c Q log clip(Q / P, 0.05, 20)``;
 * :func:`identity_loss`: cross-entropy of ``score / tau`` at the label size, averaged over **all**
   pixels (ignored ones count as zero, mmseg 0.19's mean).
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipes.crf import CrfParams, dense_crf
+from clipes.maps.crf import CrfParams, dense_crf
 
 IGNORE = 255
 FLOOR = 1e-7

@@ -19,7 +19,7 @@ from PIL import Image
 
 from clipes import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256
-from clipes.crf import read_crf_image
+from clipes.maps.crf import read_crf_image
 from clipes.datasets import find_image, read_split
 from clipes.errors import InputError, UserError
 from clipes.fsutil import ids_in

@@ -1,7 +1,7 @@
 """WeCLIP (CVPR 2024) in clipes: a frozen CLIP, a trainable decoder, online RFM pseudo labels.
 
 The whole method lives in this package, on top of clipes' shared rooms (CLIP loading, the
-softmax-GradCAM of :mod:`clipes.gradcam`, CAA of :mod:`clipes.caa`, PAR of :mod:`clipes.par`):
+softmax-GradCAM of :mod:`clipes.maps.gradcam`, CAA of :mod:`clipes.maps.caa`, PAR of :mod:`clipes.maps.par`):
 
 * :mod:`clipes.weclip.tower`: the frozen image tower run once per batch for blocks 1..L-1, with
   the reference's attention (fp32 softmax, fp16 out-projection) and per-block attention maps.

@@ -1,6 +1,6 @@
 """WeCLIP's initial CAM (spec section 5): clipes' softmax-GradCAM on the frozen pass's last block.
 
-Same target, layer, pooling and arithmetic as CLIP-ES (:mod:`clipes.gradcam`); what differs is
+Same target, layer, pooling and arithmetic as CLIP-ES (:mod:`clipes.maps.gradcam`); what differs is
 where the input comes from (the batch's own frozen pass, ImageNet-normalised), the fp16 attention
 out-projection of the reference, and that the last block's attention feeds the RFM.
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipes.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
+from clipes.maps.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
 from clipes.backbones.vit import DenseViT, reference_attention
 
 

@@ -1,6 +1,6 @@
 """WeCLIP's refinement module (RFM, spec section 6) and online pseudo label (section 7).
 
-Early phase: the mean attention of the last 8 blocks, i.e. CLIP-ES's CAA (:mod:`clipes.caa`).
+Early phase: the mean attention of the last 8 blocks, i.e. CLIP-ES's CAA (:mod:`clipes.maps.caa`).
 Late phase: among the last ``late_blocks`` blocks, those whose signed sum ``sum(A_f - A_l)`` is at
 most the mean are averaged and multiplied by the decoder affinity ``A_f``. Both then go through
 CAA's Sinkhorn / symmetrise / square and the per-class box masks.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from clipes import caa
-from clipes.par import par_refine
+from clipes.maps import caa
+from clipes.maps.par import par_refine
 
 EARLY_BLOCKS = 8
 LATE_BLOCKS = {"voc12": 6, "coco14": 10, "custom": 6}

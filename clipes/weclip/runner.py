@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from clipes import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256, load_clip
-from clipes.crf import CrfParams, dense_crf
+from clipes.maps.crf import CrfParams, dense_crf
 from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
 from clipes.errors import InputError, UserError
 from clipes.images import load_image

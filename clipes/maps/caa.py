@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from clipes.gradcam import minmax_normalize
+from clipes.maps.gradcam import minmax_normalize
 
 DEFAULT_BOX_THRESHOLD = {"voc12": 0.4, "coco14": 0.7, "custom": 0.4}
 
