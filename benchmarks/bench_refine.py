@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from bench_cams import bench_parser, make_checkpoint, make_images, timed
-from clipes import attncache
+from clipes.store import attncache
 from clipes.maps.caa import affinity_from_attention, refine_cams
 from clipes.backbones.clip_loader import load_clip
 from clipes.maps.crf import CrfParams
 from clipes.maps.gradcam import softmax_gradcam
-from clipes.halfcast import to_float16
+from clipes.store.halfcast import to_float16
 from clipes.images import load_image, to_clip_tensor
 from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.refine_runner import _crf_pool, _Ready

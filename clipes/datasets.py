@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipes.errors import InputError, UserError
-from clipes.fsutil import read_lines
+from clipes.store.fsutil import read_lines
 from clipes.prompts import ClassList
 
 DATASETS = ("voc12", "coco14", "custom")

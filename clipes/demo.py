@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipes import camstore, demo_data, maskstore
+from clipes import demo_data
+
+from clipes.store import camstore, maskstore
 from clipes.cam_runner import CamOptions, run_cams
 from clipes.errors import UserError
-from clipes.fsutil import write_json
+from clipes.store.fsutil import write_json
 from clipes.eval_runner import EvalOptions, run_eval
 from clipes.prompts import builtin_path
 from clipes.refine_runner import RefineOptions, run_refine

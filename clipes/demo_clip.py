@@ -34,7 +34,7 @@ from PIL import Image
 
 from clipes import demo_data
 from clipes.compat import import_clip
-from clipes.fsutil import atomic_open
+from clipes.store.fsutil import atomic_open
 from clipes.images import CLIP_MEAN, CLIP_STD
 
 # clip.model.CLIP arguments of the demo model (heads = width // 64 as OpenAI's loader infers them).

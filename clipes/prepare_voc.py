@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.errors import InputError, UserError
-from clipes.fsutil import atomic_open, read_lines
+from clipes.store.fsutil import atomic_open, read_lines
 from clipes.runs import RunSummary, progress_bar
 
 TRAIN_AUG_SIZE = 10582  # train_aug of the real VOC 2012 + SBD

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from clipes.errors import UserError
-from clipes.fsutil import read_lines
+from clipes.store.fsutil import read_lines
 
 DEFAULT_TEMPLATE = "a clean origami {}."
 BUILTIN = {"voc12", "coco14"}

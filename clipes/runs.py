@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.errors import InputError, UserError
-from clipes.fsutil import remove_stale_temporaries
+from clipes.store.fsutil import remove_stale_temporaries
 
 
 @dataclass

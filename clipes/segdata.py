@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipes import manifest
+from clipes.store import manifest
 from clipes.datasets import find_image, image_folder
 from clipes.errors import InputError, UserError
-from clipes.maskstore import IGNORE
+from clipes.store.maskstore import IGNORE
 
 _SHOWN = 3
 

@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clipes import camstore, manifest, maskstore
+from clipes.store import camstore, manifest, maskstore
 from clipes.maps.caa import upsample_maps
 from clipes.datasets import find_image, ground_truth_dir, image_folder
 from clipes.errors import InputError, UserError
 from clipes.evaluation import Confusion
-from clipes.fsutil import atomic_open, item_path, write_json
+from clipes.store.fsutil import atomic_open, item_path, write_json
 from clipes.images import load_image
 
 STAGE = "viz"

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipes import camstore, demo_data, maskstore
+from clipes import demo_data
+
+from clipes.store import camstore, maskstore
 from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
 from clipes.datasets import read_split
 from clipes.demo import DemoOptions

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipes import maskstore
-from clipes.fsutil import write_json
+from clipes.store import maskstore
+from clipes.store.fsutil import write_json
 
 CLASSES = ["rectangle", "disc"]
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from clipes import camstore
+from clipes.store import camstore
 from clipes.errors import InputError, UserError
-from clipes.manifest import begin_run, end_run, identity_of, read_manifest
+from clipes.store.manifest import begin_run, end_run, identity_of, read_manifest
 
 
 def test_roundtrip_and_no_pickle(tmp_path):

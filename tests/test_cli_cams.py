@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from clipes import camstore
+from clipes.store import camstore
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden, make_voc, noise_image
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes import camstore, maskstore
-from clipes.interop import read_clipes_npy
+from clipes.store import camstore, maskstore
+from clipes.store.interop import read_clipes_npy
 from conftest import GOLDEN, GOLDEN_IDS
 from test_cli_cams import assert_one_line_each, cams_args, clipes, run_and_kill
 

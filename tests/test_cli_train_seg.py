@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes import maskstore
+from clipes.store import maskstore
 from seg_helpers import make_seg_set
 from test_cli_cams import clipes, run_and_kill
 

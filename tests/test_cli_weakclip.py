@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.weakclip.options import TINY_CONFIG, VOC_CONFIG
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
 from helpers import copy_golden

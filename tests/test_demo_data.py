@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes import demo_data, maskstore
+from clipes import demo_data
+
+from clipes.store import maskstore
 from clipes.datasets import open_dataset, read_split
 from clipes.errors import UserError
 from clipes.prompts import builtin_path, load_background_file, load_class_file

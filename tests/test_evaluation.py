@@ -55,7 +55,7 @@ def test_shape_mismatch_raises():
 def _png_stage(folder, stage, maps, classes):
     import json
 
-    from clipes import maskstore
+    from clipes.store import maskstore
 
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps({"stage": stage, "classes": classes}))

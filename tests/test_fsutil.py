@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from clipes.fsutil import BackgroundWriter, atomic_open
+from clipes.store.fsutil import BackgroundWriter, atomic_open
 
 
 def _write(path, text, delay=0.0):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from clipes.halfcast import to_float16, to_float32
+from clipes.store.halfcast import to_float16, to_float32
 
 
 def _all_float16() -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipes import camstore
+from clipes.store import camstore
 from clipes.cam_runner import CamOptions, run_cams
 from clipes.backbones.clip_loader import load_clip
 from clipes.compat import ensure_torchvision, import_clip

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes import maskstore
+from clipes.store import maskstore
 from clipes.errors import InputError
 
 

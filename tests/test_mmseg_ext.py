@@ -123,7 +123,7 @@ def test_confidence_stays_aligned_through_resize_crop_flip_and_pad(tmp_path):
     """Confidence is a known function of the label; after the training transforms it still is."""
     from PIL import Image
 
-    from clipes import maskstore
+    from clipes.store import maskstore
 
     rng = np.random.default_rng(0)
     label = np.zeros((60, 80), np.uint8)

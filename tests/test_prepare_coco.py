@@ -7,7 +7,7 @@ import random
 import numpy as np
 from PIL import Image
 
-from clipes import maskstore
+from clipes.store import maskstore
 from clipes.prompts import default_class_file, load_class_file
 from helpers import noise_image
 from test_cli_cams import CLIP, clipes

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from clipes import maskstore
+from clipes.store import maskstore
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden
 from test_cli_cams import CLIP, clipes

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes import camstore, maskstore, viz
+from clipes import viz
+
+from clipes.store import camstore, maskstore
 from test_cli_cams import clipes
 
 H, W = 80, 100  # panels scale the width to viz.TILE = 200: exactly 2x, so NEAREST tiles are exact

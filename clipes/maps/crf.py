@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from clipes.errors import InputError
-from clipes.halfcast import to_float16, to_float32
+from clipes.store.halfcast import to_float16, to_float32
 
 CRF_COLORS = ("reference", "rgb")
 MEAN_BGR = (104.008, 116.669, 122.675)

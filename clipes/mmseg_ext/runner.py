@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256
 from clipes.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
-from clipes.fsutil import atomic_open, ids_in
+from clipes.store.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
 from clipes.segdata import check_training_set, dataset_paths, stage_info
 
@@ -411,7 +411,7 @@ def run_test(opts: SegOptions, echo: Callable[[str], None] = print) -> dict:
 
 def _safe_load(checkpoint: Path):
     """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects."""
-    from clipes.checkpoints import safe_load
+    from clipes.store.checkpoints import safe_load
 
     return safe_load(checkpoint)
 

@@ -25,7 +25,7 @@ from mmengine.model import BaseModel
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmseg.registry import DATASETS, HOOKS, MODELS, PARAM_SCHEDULERS
 
-from clipes import manifest
+from clipes.store import manifest
 from clipes.backbones.clip_loader import load_clip
 from clipes.errors import UserError
 from clipes.weclip import rfm, schedule

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from clipes.checkpoints import safe_load, strip_prefix
+from clipes.store.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
 
 REQUIRED = ("contexts", "gamma", "beta", "decode_head.conv_seg.weight", "context_decoder.text_proj.1.weight",

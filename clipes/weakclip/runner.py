@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256
 from clipes.maps.crf import read_crf_image
 from clipes.datasets import find_image, read_split
 from clipes.errors import InputError, UserError
-from clipes.fsutil import ids_in
+from clipes.store.fsutil import ids_in
 from clipes.runs import RunSummary, resolve_device, run_mask_loop
 from clipes.segdata import dataset_paths, stage_info
 from clipes.weakclip import classes as label_spaces

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from clipes.checkpoints import safe_load, strip_prefix
+from clipes.store.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
 from clipes.weclip.decoder import decoder_config
 

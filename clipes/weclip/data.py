@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from clipes.errors import InputError
-from clipes.fsutil import atomic_open
+from clipes.store.fsutil import atomic_open
 from clipes.images import load_image
 from clipes.weclip.tower import normalize_image
 

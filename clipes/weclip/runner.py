@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipes import manifest, maskstore
+from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256, load_clip
 from clipes.maps.crf import CrfParams, dense_crf
 from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split

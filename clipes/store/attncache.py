@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from clipes.errors import InputError
-from clipes.fsutil import atomic_open, ids_in, item_path
-from clipes.halfcast import to_float16, to_float32
+from clipes.store.fsutil import atomic_open, ids_in, item_path
+from clipes.store.halfcast import to_float16, to_float32
 
 STAGE = "attention"
 SUFFIX = ".npz"

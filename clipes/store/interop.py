@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clipes.errors import InputError, UserError
-from clipes.fsutil import atomic_open
+from clipes.store.fsutil import atomic_open
 
 
 def read_clipes_npy(path: Path, allow_pickle: bool = False) -> tuple[np.ndarray, np.ndarray]:

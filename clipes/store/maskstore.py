@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from clipes.errors import InputError
-from clipes.fsutil import atomic_open, ids_in, item_path
+from clipes.store.fsutil import atomic_open, ids_in, item_path
 
 MASKS_STAGE = "masks"
 CONFIDENCE_STAGE = "confidence"

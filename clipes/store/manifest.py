@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from clipes.errors import UserError
-from clipes.fsutil import folder_lock, write_json
+from clipes.store.fsutil import folder_lock, write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
