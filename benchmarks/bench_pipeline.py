@@ -43,7 +43,7 @@ import torch
 
 from bench_cams import make_checkpoint, make_images, sync
 from clipes.backbones.clip_loader import load_clip
-from clipes.images import load_image, to_clip_tensor
+from clipes.data.images import load_image, to_clip_tensor
 from clipes.backbones.vit import DenseViT
 
 LABELS = ("cat", "dog")

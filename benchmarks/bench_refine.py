@@ -32,8 +32,8 @@ from clipes.backbones.clip_loader import load_clip
 from clipes.maps.crf import CrfParams
 from clipes.maps.gradcam import softmax_gradcam
 from clipes.store.halfcast import to_float16
-from clipes.images import load_image, to_clip_tensor
-from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+from clipes.data.images import load_image, to_clip_tensor
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.refine_runner import _crf_pool, _Ready
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT

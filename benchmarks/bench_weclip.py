@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from bench_cams import make_checkpoint, timed as clock
 from clipes.backbones.clip_loader import load_clip
-from clipes.prompts import DEFAULT_TEMPLATE, class_and_background_lists
+from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm
 from clipes.weclip.cam import last_block_cams
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity

@@ -20,7 +20,7 @@ from clipes.cam_runner import CamOptions, run_cams
 from clipes.errors import UserError
 from clipes.store.fsutil import write_json
 from clipes.eval_runner import EvalOptions, run_eval
-from clipes.prompts import builtin_path
+from clipes.data.prompts import builtin_path
 from clipes.refine_runner import RefineOptions, run_refine
 from clipes.viz import run_viz
 

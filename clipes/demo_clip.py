@@ -35,7 +35,7 @@ from PIL import Image
 from clipes import demo_data
 from clipes.compat import import_clip
 from clipes.store.fsutil import atomic_open
-from clipes.images import CLIP_MEAN, CLIP_STD
+from clipes.data.images import CLIP_MEAN, CLIP_STD
 
 # clip.model.CLIP arguments of the demo model (heads = width // 64 as OpenAI's loader infers them).
 ARCHITECTURE = dict(embed_dim=64, image_resolution=224, vision_layers=12, vision_width=96, vision_patch_size=16,

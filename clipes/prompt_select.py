@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from clipes.backbones.clip_loader import load_clip
-from clipes.datasets import open_dataset
+from clipes.data.datasets import open_dataset
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import atomic_open, write_json
-from clipes.images import check_size, load_image, to_clip_tensor
-from clipes.prompts import builtin_path, check_template, class_and_background_lists, load_template_file
+from clipes.data.images import check_size, load_image, to_clip_tensor
+from clipes.data.prompts import builtin_path, check_template, class_and_background_lists, load_template_file
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
 

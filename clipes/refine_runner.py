@@ -25,7 +25,7 @@ import torch
 from clipes.store import attncache, camstore, manifest, maskstore
 from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
 from clipes.maps.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
-from clipes.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
+from clipes.data.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import BackgroundWriter, remove_stale_temporaries
 from clipes.store.halfcast import to_float16
@@ -351,7 +351,7 @@ class _AttentionSource:
         return out
 
     def _recompute(self, items, fail) -> dict[str, torch.Tensor]:
-        from clipes.images import check_size, load_image, to_clip_tensor
+        from clipes.data.images import check_size, load_image, to_clip_tensor
 
         if self.vit is None:
             self._load_model()

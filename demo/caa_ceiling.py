@@ -30,9 +30,9 @@ from clipes import demo_data
 
 from clipes.store import camstore, maskstore
 from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
-from clipes.datasets import read_split
+from clipes.data.datasets import read_split
 from clipes.demo import DemoOptions
-from clipes.evaluation import Confusion, labels_from_maps
+from clipes.data.evaluation import Confusion, labels_from_maps
 from clipes.refine_runner import RefineOptions
 
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from clipes.cam_runner import CamOptions, parse_shard, run_cams
-from clipes.datasets import DATASETS
+from clipes.data.datasets import DATASETS
 from stages.common import PATH, only_set
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from clipes.store import camstore, manifest
-from clipes.datasets import DATASETS
+from clipes.data.datasets import DATASETS
 from clipes.errors import InputError, UserError
 from clipes.store.interop import read_clipes_npy, write_clipes_npy
-from clipes.prompts import default_class_file, load_class_file
+from clipes.data.prompts import default_class_file, load_class_file
 from stages.common import PATH
 
 

@@ -15,7 +15,7 @@ from stages.common import PATH
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 def prepare_voc(voc, sbd, progress):
     """Check a VOC 2012 tree; with SBD, write train_aug.txt and SegmentationClassAug/ (resumable)."""
-    from clipes.prepare_voc import prepare_voc as run
+    from clipes.data.prepare_voc import prepare_voc as run
 
     summary = run(voc, sbd, echo=click.echo, progress=progress)
     sys.exit(1 if summary.failed else 0)
@@ -28,7 +28,7 @@ def prepare_voc(voc, sbd, progress):
 @click.option("--progress/--no-progress", default=True, help="Progress bar.")
 def prepare_coco(annotations, images, out, progress):
     """Write the coco14 split file (<id> <class index> ...) and ground-truth PNGs (resumable)."""
-    from clipes.prepare_coco import prepare_coco as run
+    from clipes.data.prepare_coco import prepare_coco as run
 
     summary = run(annotations, images, out, echo=click.echo, progress=progress)
     sys.exit(1 if summary.failed else 0)

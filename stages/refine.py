@@ -7,7 +7,7 @@ import sys
 import click
 
 from clipes.maps.crf import CRF_COLORS, CrfParams
-from clipes.datasets import DATASETS
+from clipes.data.datasets import DATASETS
 from clipes.refine_runner import ATTENTION_SOURCES, RefineOptions, run_refine
 from stages.common import PATH, only_set
 

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from clipes.datasets import DATASETS
+from clipes.data.datasets import DATASETS
 from stages.common import PATH, echo_main, only_set
 
 

@@ -49,7 +49,7 @@ default_hooks = dict(checkpoint=dict(interval=2))
 
 def write_clipes_masks(work: Path, data: Path, ids: list[str]) -> Path:
     """WORK/masks as clipes' refine leaves it: the golden GT with a 255 band, and a manifest."""
-    from clipes.prompts import default_class_file, load_class_file
+    from clipes.data.prompts import default_class_file, load_class_file
 
     folder = work / maskstore.MASKS_STAGE
     names = list(load_class_file(default_class_file("voc12")).names)

@@ -5,9 +5,9 @@ from PIL import Image
 from clipes import demo_data
 
 from clipes.store import maskstore
-from clipes.datasets import open_dataset, read_split
+from clipes.data.datasets import open_dataset, read_split
 from clipes.errors import UserError
-from clipes.prompts import builtin_path, load_background_file, load_class_file
+from clipes.data.prompts import builtin_path, load_background_file, load_class_file
 
 
 def test_scenes_are_a_pure_function_of_the_seed():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipes.evaluation import Confusion, labels_from_maps
+from clipes.data.evaluation import Confusion, labels_from_maps
 
 
 def test_iou_precision_recall_by_hand():

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from clipes.errors import InputError
-from clipes.images import check_size, load_image, to_clip_tensor
+from clipes.data.images import check_size, load_image, to_clip_tensor
 from helpers import noise_image
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from clipes.store import maskstore
-from clipes.prompts import default_class_file, load_class_file
+from clipes.data.prompts import default_class_file, load_class_file
 from helpers import noise_image
 from test_cli_cams import CLIP, clipes
 

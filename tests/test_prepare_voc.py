@@ -125,7 +125,7 @@ def test_a_voc_folder_one_level_too_high_and_voc_alone(tmp_path):
 @pytest.mark.parametrize("values,message", [(np.full((4, 4), 30, np.uint8), "outside 0..20 and 255")])
 def test_sbd_values_out_of_range_are_refused(tmp_path, values, message):
     from clipes.errors import InputError
-    from clipes.prepare_voc import read_sbd_mat
+    from clipes.data.prepare_voc import read_sbd_mat
 
     savemat(tmp_path / "x.mat", {"GTcls": {"Segmentation": values}})
     with pytest.raises(InputError, match=message):

@@ -7,10 +7,10 @@ import torch
 
 from clipes.backbones.clip_loader import load_clip
 from clipes.compat import import_clip
-from clipes.datasets import open_dataset
-from clipes.images import load_image, to_clip_tensor
+from clipes.data.datasets import open_dataset
+from clipes.data.images import load_image, to_clip_tensor
 from clipes.prompt_select import average_precision, mean_average_precision, sharpness
-from clipes.prompts import builtin_path, load_background_file, load_class_file
+from clipes.data.prompts import builtin_path, load_background_file, load_class_file
 from clipes.backbones.vit import DenseViT
 from conftest import GOLDEN
 from test_cli_cams import clipes

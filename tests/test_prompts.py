@@ -1,7 +1,7 @@
 import pytest
 
 from clipes.errors import UserError
-from clipes.prompts import (builtin_path, check_template, load_background_file, load_class_file,
+from clipes.data.prompts import (builtin_path, check_template, load_background_file, load_class_file,
                             load_template_file)
 
 

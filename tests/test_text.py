@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from clipes.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.backbones.text import encode_prompts
 from conftest import GOLDEN
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipes.backbones.clip_loader import load_clip
-from clipes.prompts import DEFAULT_TEMPLATE, class_and_background_lists
+from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.backbones.text import encode_prompts_reference
 from clipes.weclip import rfm, schedule
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config

@@ -24,7 +24,7 @@ from mmseg.datasets.transforms import PackSegInputs
 from mmseg.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
-from clipes.datasets import find_image, read_split
+from clipes.data.datasets import find_image, read_split
 from clipes.errors import InputError, UserError
 
 

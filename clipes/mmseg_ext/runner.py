@@ -18,11 +18,11 @@ from typing import Callable
 
 from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256
-from clipes.datasets import ground_truth_dir, read_split
+from clipes.data.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import atomic_open, ids_in
 from clipes.mmseg_ext.compat import prepare
-from clipes.segdata import check_training_set, dataset_paths, stage_info
+from clipes.data.segdata import check_training_set, dataset_paths, stage_info
 
 LOSS_TYPE = "ConfidenceCrossEntropyLoss"
 LAUNCHERS = ("none", "pytorch")
@@ -145,7 +145,7 @@ def _fill_num_classes(cfg, info: dict, checkpoint: Path | dict | None = None) ->
 
 
 def _stage_info(work: Path | None, opts: SegOptions) -> dict:
-    """The masks manifest of ``work`` (see :func:`clipes.segdata.stage_info`)."""
+    """The masks manifest of ``work`` (see :func:`clipes.data.segdata.stage_info`)."""
     folder = Path(work).expanduser() / maskstore.MASKS_STAGE if work is not None else None
     return stage_info(folder, opts.classes, opts.dataset)
 
@@ -465,7 +465,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, config: Path | None =
     import torch
     from mmseg.apis import inference_model, init_model
 
-    from clipes.datasets import IMAGE_EXTENSIONS, find_image
+    from clipes.data.datasets import IMAGE_EXTENSIONS, find_image
 
     checkpoint, images, out = (Path(p).expanduser() for p in (checkpoint, images, out))
     if not checkpoint.is_file():

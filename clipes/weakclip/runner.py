@@ -20,11 +20,11 @@ from PIL import Image
 from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256
 from clipes.maps.crf import read_crf_image
-from clipes.datasets import find_image, read_split
+from clipes.data.datasets import find_image, read_split
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import ids_in
 from clipes.runs import RunSummary, resolve_device, run_mask_loop
-from clipes.segdata import dataset_paths, stage_info
+from clipes.data.segdata import dataset_paths, stage_info
 from clipes.weakclip import classes as label_spaces
 from clipes.weakclip import inference
 from clipes.weakclip.options import MasksOptions

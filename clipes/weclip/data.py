@@ -20,7 +20,7 @@ from PIL import Image
 
 from clipes.errors import InputError
 from clipes.store.fsutil import atomic_open
-from clipes.images import load_image
+from clipes.data.images import load_image
 from clipes.weclip.tower import normalize_image
 
 CROP = 320

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from clipes.datasets import open_dataset
+from clipes.data.datasets import open_dataset
 from clipes.errors import InputError, UserError
-from clipes.prompts import DEFAULT_TEMPLATE, class_and_background_lists
+from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm, schedule
 from clipes.weclip.data import Sample
 

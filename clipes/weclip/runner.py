@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import file_sha256, load_clip
 from clipes.maps.crf import CrfParams, dense_crf
-from clipes.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
+from clipes.data.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
 from clipes.errors import InputError, UserError
-from clipes.images import load_image
+from clipes.data.images import load_image
 from clipes.runs import RunSummary, resolve_device, run_mask_loop
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config

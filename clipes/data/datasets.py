@@ -22,7 +22,7 @@ from pathlib import Path
 
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import read_lines
-from clipes.prompts import ClassList
+from clipes.data.prompts import ClassList
 
 DATASETS = ("voc12", "coco14", "custom")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from clipes.store import manifest
-from clipes.datasets import find_image, image_folder
+from clipes.data.datasets import find_image, image_folder
 from clipes.errors import InputError, UserError
 from clipes.store.maskstore import IGNORE
 
@@ -96,7 +96,7 @@ def stage_info(folder: Path | None, classes: Path | None = None, dataset: str | 
     For masks made elsewhere (no manifest, or one without classes) the classes come from the class
     file ``classes`` or the built-in list of ``dataset``.
     """
-    from clipes.prompts import BUILTIN, default_class_file, load_class_file
+    from clipes.data.prompts import BUILTIN, default_class_file, load_class_file
 
     info = dict((manifest.read_manifest(folder) if folder is not None and Path(folder).is_dir() else None) or {})
     info["clipes"] = bool(info)
