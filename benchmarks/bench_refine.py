@@ -34,7 +34,7 @@ from clipes.maps.gradcam import softmax_gradcam
 from clipes.store.halfcast import to_float16
 from clipes.data.images import load_image, to_clip_tensor
 from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
-from clipes.refine_runner import _crf_pool, _Ready
+from clipes.clip_es.refine_runner import _crf_pool, _Ready
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
 

@@ -16,12 +16,12 @@ from typing import Callable
 from clipes import demo_data
 
 from clipes.store import camstore, maskstore
-from clipes.cam_runner import CamOptions, run_cams
+from clipes.clip_es.cam_runner import CamOptions, run_cams
 from clipes.errors import UserError
 from clipes.store.fsutil import write_json
 from clipes.eval_runner import EvalOptions, run_eval
 from clipes.data.prompts import builtin_path
-from clipes.refine_runner import RefineOptions, run_refine
+from clipes.clip_es.refine_runner import RefineOptions, run_refine
 from clipes.viz import run_viz
 
 STAGE_TITLES = ((camstore.STAGE, "raw CAMs"), (camstore.REFINED_STAGE, "refined maps (CAA)"),

@@ -33,7 +33,7 @@ from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refi
 from clipes.data.datasets import read_split
 from clipes.demo import DemoOptions
 from clipes.data.evaluation import Confusion, labels_from_maps
-from clipes.refine_runner import RefineOptions
+from clipes.clip_es.refine_runner import RefineOptions
 
 
 def patch_labels(gt: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from clipes.cam_runner import CamOptions, parse_shard, run_cams
+from clipes.clip_es.cam_runner import CamOptions, parse_shard, run_cams
 from clipes.data.datasets import DATASETS
 from stages.common import PATH, only_set
 

@@ -8,7 +8,7 @@ import click
 
 from clipes.maps.crf import CRF_COLORS, CrfParams
 from clipes.data.datasets import DATASETS
-from clipes.refine_runner import ATTENTION_SOURCES, RefineOptions, run_refine
+from clipes.clip_es.refine_runner import ATTENTION_SOURCES, RefineOptions, run_refine
 from stages.common import PATH, only_set
 
 _CRF = {  # CLI name -> CrfParams field

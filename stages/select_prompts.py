@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipes.prompt_select import AGGREGATES, FEATURES, SOFTMAX_OVER
+from clipes.clip_es.prompt_select import AGGREGATES, FEATURES, SOFTMAX_OVER
 from stages.common import PATH, only_set
 
 
@@ -33,6 +33,6 @@ from stages.common import PATH, only_set
 @click.option("--progress/--no-progress", default=None, help="Progress bar [on].")
 def select_prompts(**options):
     """Rank every template of a pool by sharpness (lower first), with zero-shot mAP beside it."""
-    from clipes.prompt_select import SelectOptions, run_select_prompts
+    from clipes.clip_es.prompt_select import SelectOptions, run_select_prompts
 
     run_select_prompts(SelectOptions(**only_set(**options)), echo=click.echo)

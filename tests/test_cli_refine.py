@@ -197,7 +197,7 @@ def test_npy_interop_roundtrip_and_pickle_flag(refined_run, tmp_path):
 
 
 def test_a_failed_write_stops_the_run_and_keeps_what_was_written(refined_run, tmp_path, monkeypatch):
-    from clipes.refine_runner import RefineOptions, run_refine
+    from clipes.clip_es.refine_runner import RefineOptions, run_refine
 
     work, _ = refined_run
     for stage in ("cams", "attention"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipes.store import camstore
-from clipes.cam_runner import CamOptions, run_cams
+from clipes.clip_es.cam_runner import CamOptions, run_cams
 from clipes.backbones.clip_loader import load_clip
 from clipes.compat import ensure_torchvision, import_clip
 from clipes.errors import UserError

@@ -9,7 +9,7 @@ from clipes.backbones.clip_loader import load_clip
 from clipes.compat import import_clip
 from clipes.data.datasets import open_dataset
 from clipes.data.images import load_image, to_clip_tensor
-from clipes.prompt_select import average_precision, mean_average_precision, sharpness
+from clipes.clip_es.prompt_select import average_precision, mean_average_precision, sharpness
 from clipes.data.prompts import builtin_path, load_background_file, load_class_file
 from clipes.backbones.vit import DenseViT
 from conftest import GOLDEN

@@ -28,8 +28,8 @@ def test_no_stage_module_imports_the_cli_back():
 
 
 def test_runners_take_shared_pieces_from_runs_not_from_each_other():
-    for name in ("refine_runner.py", "prompt_select.py", "viz.py"):
+    for name in ("clip_es/refine_runner.py", "clip_es/prompt_select.py", "viz.py"):
         imported = _imported_modules(ROOT / "clipes" / name)
-        assert not any(m.startswith("clipes.cam_runner") for m in imported), name
-    imported = _imported_modules(ROOT / "clipes" / "refine_runner.py")
+        assert not any(m.startswith("clipes.clip_es.cam_runner") for m in imported), name
+    imported = _imported_modules(ROOT / "clipes" / "clip_es" / "refine_runner.py")
     assert {"clipes.runs.RunSummary", "clipes.runs.progress_bar", "clipes.runs.resolve_device"} <= imported
