@@ -32,7 +32,7 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on].")
 def demo(work, clip, seg_config, **options):
     """Run cams -> refine -> train-seg -> predict -> eval -> viz on the generated demo dataset."""
-    from clipes.demo import DemoOptions, run_demo
+    from clipes.demo.pipeline import DemoOptions, run_demo
 
     run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, seg_config=seg_config or TINY_CONFIG,
                          **only_set(**options)), echo=click.echo)
@@ -45,7 +45,7 @@ def demo(work, clip, seg_config, **options):
 @click.option("--seed", type=int, default=0, show_default=True, help="Offset added to every scene seed.")
 def demo_data(out, train, val, seed):
     """Write the demo dataset (deterministic) in VOC layout."""
-    from clipes.demo_data import write_voc_dataset
+    from clipes.demo.demo_data import write_voc_dataset
 
     info = write_voc_dataset(out, train, val, seed)
     click.echo(f"demo-data: {json.dumps(info['splits'])} -> {out}")
@@ -60,7 +60,7 @@ def demo_data(out, train, val, seed):
 @click.option("--threads", type=int, help="torch CPU threads [torch's default].")
 def demo_model(out, **options):
     """Train the demo CLIP contrastively on generated scenes and captions (resumable)."""
-    from clipes.demo_clip import TrainOptions, train_demo_clip
+    from clipes.demo.demo_clip import TrainOptions, train_demo_clip
 
     summary = train_demo_clip(out, TrainOptions(**only_set(**options)), echo=click.echo)
     click.echo("demo-model: " + json.dumps({k: summary[k] for k in ("final_loss", "probe_accuracy", "seconds")}))

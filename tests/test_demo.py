@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clipes.demo import stage_miou
+from clipes.demo.pipeline import stage_miou
 from test_cli_cams import clipes
 
 

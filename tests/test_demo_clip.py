@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipes import demo_clip, demo_data
+from clipes.demo import demo_clip, demo_data
 from clipes.backbones.clip_loader import load_clip
 from stages.demo import DEMO_CLIP
 

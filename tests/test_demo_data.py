@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes import demo_data
+from clipes.demo import demo_data
 
 from clipes.store import maskstore
 from clipes.data.datasets import open_dataset, read_split
@@ -84,7 +84,7 @@ def test_voc_layout_reads_back_and_resumes(tmp_path):
 
 
 def test_splits_never_share_seeds_with_the_demo_clip_training():
-    from clipes.demo_clip import PROBE_SEED_BASE, TRAIN_SEED_BASE
+    from clipes.demo.demo_clip import PROBE_SEED_BASE, TRAIN_SEED_BASE
 
     val_end = demo_data.SPLIT_SEED_BASE["val"] + 10_000
     assert demo_data.SPLIT_SEED_BASE["train"] + 10_000 <= demo_data.SPLIT_SEED_BASE["val"]

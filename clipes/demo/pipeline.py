@@ -1,6 +1,6 @@
 """``clipes demo``: the whole pipeline on the generated demo dataset and the bundled demo CLIP.
 
-Data (:mod:`clipes.demo_data`) -> cams -> refine -> train-seg (tiny DeepLab) -> predict -> eval on the
+Data (:mod:`clipes.demo.demo_data`) -> cams -> refine -> train-seg (tiny DeepLab) -> predict -> eval on the
 held-out val split -> viz, every step through the same library calls as the stage commands, so the demo
 is resumable like them: run it again and finished work is kept.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipes import demo_data
+from clipes.demo import demo_data
 
 from clipes.store import camstore, maskstore
 from clipes.clip_es.cam_runner import CamOptions, run_cams

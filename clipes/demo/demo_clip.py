@@ -3,7 +3,7 @@
 The model is ``clip.model.CLIP`` itself (patch 16, the ViT-B/16 code path) with small widths, so the
 checkpoint is an ordinary OpenAI state dict that :func:`clipes.backbones.clip_loader.load_clip` reads like
 the real one. It is trained contrastively (symmetric InfoNCE) on image-caption pairs rendered by
-:mod:`clipes.demo_data` from seeds that the demo dataset never uses.
+:mod:`clipes.demo.demo_data` from seeds that the demo dataset never uses.
 
 The loss pools the patch tokens the way the CAM stage does (spec section 4: the mean of the last
 block's patch tokens after ``ln_post``, projected), but over a random window of patches whose
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipes import demo_data
+from clipes.demo import demo_data
 from clipes.compat import import_clip
 from clipes.store.fsutil import atomic_open
 from clipes.data.images import CLIP_MEAN, CLIP_STD
