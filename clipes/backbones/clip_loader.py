@@ -15,7 +15,6 @@ fp32 checkpoint keeps its fp32 values; clip's own ``load`` would round them thro
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from clipes.backbones import hf_clip
 from clipes.compat import import_clip
 from clipes.errors import UserError
+from clipes.store.fsutil import file_sha256
 
 _REQUIRED_KEYS = (
     "visual.conv1.weight",
@@ -55,15 +55,6 @@ class LoadedClip:
     path: Path
     sha256: str
     config: dict = field(default_factory=dict)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_checkpoint(name_or_path: str, download_root: str | None = None) -> Path:

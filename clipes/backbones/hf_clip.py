@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from clipes.errors import UserError
+from clipes.store.fsutil import file_sha256
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -86,8 +87,6 @@ def weight_files(folder: Path) -> list[Path]:
 
 def weights_sha256(folder: Path) -> str:
     """Hex SHA-256 of a folder's weights: the file's own for one file, else of the shards' digests in order."""
-    from clipes.backbones.clip_loader import file_sha256
-
     digests = [file_sha256(path) for path in weight_files(folder)]
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipes.store import manifest, maskstore
-from clipes.backbones.clip_loader import file_sha256
+from clipes.store.fsutil import file_sha256
 from clipes.data.datasets import ground_truth_dir, read_split
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import atomic_open, ids_in

@@ -114,7 +114,8 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
     from mmengine.config import Config
 
-    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, file_sha256, read_state_dict, resolve_checkpoint
+    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
+    from clipes.store.fsutil import file_sha256
     from clipes.mmseg_ext.runner import launch_and_resume
 
     if opts.clip is None:

@@ -3,12 +3,14 @@
 Every output is written to a hidden temporary name in the destination folder and renamed into
 place (``os.replace`` is atomic on POSIX), so a reader or a resumed run sees either the old file,
 the complete new file, or nothing. Temporaries of a killed run are removed by
-:func:`remove_stale_temporaries`.
+:func:`remove_stale_temporaries`. File hashes (:func:`file_sha256`) that identify inputs in
+manifests and checkpoints live here too, below every package that records them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -20,6 +22,15 @@ from typing import Callable
 from clipes.errors import UserError
 
 TMP_MARK = ".tmp-"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

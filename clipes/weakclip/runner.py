@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from clipes.store import manifest, maskstore
-from clipes.backbones.clip_loader import file_sha256
+from clipes.store.fsutil import file_sha256
 from clipes.maps.crf import read_crf_image
 from clipes.data.datasets import find_image, read_split
 from clipes.errors import InputError, UserError

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from clipes.store import manifest, maskstore
-from clipes.backbones.clip_loader import file_sha256, load_clip
+from clipes.backbones.clip_loader import load_clip
+from clipes.store.fsutil import file_sha256
 from clipes.maps.crf import CrfParams, dense_crf
 from clipes.data.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
 from clipes.errors import InputError, UserError
