@@ -78,11 +78,12 @@ def _ratios(text):
 @click.option("--no-progress", "progress", flag_value=False, default=None, help="No progress bar.")
 def masks_weakclip(**options):
     """Pseudo masks of a trained WeakCLIP: 12 views, slide windows, softmax average, CRF."""
+    from clipes.mmseg_ext.weakclip import load_model
     from clipes.weakclip.options import MasksOptions
     from clipes.weakclip.runner import run_masks
 
     options = only_set(**options)
     if "ratios" in options:
         options["ratios"] = _ratios(options["ratios"])
-    summary = run_masks(MasksOptions(**options), echo=click.echo)
+    summary = run_masks(MasksOptions(**options), load_model, echo=click.echo)
     sys.exit(1 if summary.failed else 0)

@@ -197,7 +197,7 @@ def run_weakclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = pr
         ``{"miou": ..., "iters": ..., "checkpoint": ...}``.
     """
     from clipes.mmseg_ext.runner import last_checkpoint
-    from clipes.mmseg_ext.weakclip import run_train
+    from clipes.mmseg_ext.weakclip import load_model, run_train
     from clipes.weakclip.options import TINY_CONFIG, MasksOptions, TrainOptions
     from clipes.weakclip.runner import run_masks
 
@@ -211,7 +211,8 @@ def run_weakclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = pr
     if checkpoint is None:
         raise UserError(f"the WeakCLIP run in {out} left no last_checkpoint")
     summary = run_masks(MasksOptions(checkpoint=checkpoint, work=work, out=method, split=splits / "val.txt",
-                                     ratios=tuple(opts.weakclip_ratios), progress=opts.progress), echo=echo)
+                                     ratios=tuple(opts.weakclip_ratios), progress=opts.progress), load_model,
+                         echo=echo)
     if summary.failed:
         raise UserError(f"demo: masks-weakclip failed on {summary.failed} images")
     scores = run_eval(EvalOptions(work=method, split=splits / "val.txt", data_root=data), echo=lambda _: None)

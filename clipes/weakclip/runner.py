@@ -42,15 +42,20 @@ def _plain_rgb(path: Path, bgr: np.ndarray) -> np.ndarray:
     return rgb if rgb is not None and rgb.shape[:2] == bgr.shape[:2] else np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def run_masks(opts: MasksOptions, echo: Callable[[str], None] = print) -> RunSummary:
+def run_masks(opts: MasksOptions, load_model: Callable, echo: Callable[[str], None] = print) -> RunSummary:
     """WeakCLIP pseudo masks of a split into ``<OUT>/masks``.
+
+    Args:
+        opts: the command's options.
+        load_model: ``(checkpoint, clip, config, device, echo) -> (model, cfg, meta)``, the model
+            in eval mode (the mmseg wing's :func:`clipes.mmseg_ext.weakclip.load_model`; this
+            package never imports the wing).
+        echo: where the lines go.
 
     Raises:
         UserError: no checkpoint, nothing to say where the images are, an empty split, an output
             folder that is the seeds' own.
     """
-    from clipes.mmseg_ext.weakclip import load_model
-
     if opts.checkpoint is None:
         raise UserError("give CHECKPOINT: a WeakCLIP checkpoint (clipes' iter_N.pth or a released .pth)")
     if opts.work is None and opts.out is None:
