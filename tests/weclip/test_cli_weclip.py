@@ -120,7 +120,7 @@ def test_predict_and_masks_feed_eval(trained, tmp_path):
 def test_reference_decoder_checkpoint_predicts(tmp_path):
     data = tmp_path / "data"
     copy_golden(data, IDS[:1])
-    decoder = Path(__file__).parent / "data" / "weclip-small" / "decoder_init.pt"
+    decoder = Path(__file__).parents[1] / "data" / "weclip-small" / "decoder_init.pt"
     result = clipes("predict-weclip", "--checkpoint", decoder, "--clip", CLIP, "--images", data / "JPEGImages",
                     "--out", tmp_path / "pred", "--no-crf", "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr

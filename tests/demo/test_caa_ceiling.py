@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "demo" / "caa_ceiling.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "demo" / "caa_ceiling.py"
 
 
 @pytest.fixture(scope="module")

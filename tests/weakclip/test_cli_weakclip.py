@@ -23,7 +23,7 @@ from test_cli_cams import clipes
 
 CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()
-WEAK = Path(__file__).parent / "data" / "weakclip-small"
+WEAK = Path(__file__).parents[1] / "data" / "weakclip-small"
 SHA = "b7b8966159214189ac62878ea465b781a9e68e07a86847da484864ea84454aaf"
 
 

@@ -16,7 +16,7 @@ from clipes.weclip import losses, rfm, schedule
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity, decoder_config
 
-GOLDEN_DECODER = Path(__file__).parent / "data" / "weclip-small" / "decoder_init.pt"
+GOLDEN_DECODER = Path(__file__).parents[1] / "data" / "weclip-small" / "decoder_init.pt"
 
 
 def naive_par(images, masks, dilations=(1, 2, 4, 8, 12, 24), iterations=20, w1=0.3, w2=0.01):

@@ -15,7 +15,7 @@ from clipes.weakclip.coattention import CoAttention
 from clipes.weakclip.encoders import drop_path
 from weakclip_helpers import build, model_config
 
-CLIP = Path(__file__).parent / "data" / "weakclip-small" / "clip.pt"
+CLIP = Path(__file__).parents[1] / "data" / "weakclip-small" / "clip.pt"
 
 
 def test_coco_label_spaces_follow_the_spec_table():
