@@ -9,7 +9,7 @@ Each ``<id>.npz`` (no pickle) holds:
 
 Bytes per image: about ``2 * N**2`` (float16, uncompressed): 1.2 MB for a VOC image of 500x375
 pixels (32 x 24 = 768 patches), 0.08 MB for 224x224. Float16 keeps refined maps within 2e-4 of
-recomputed attention (measured on the golden fixture, see README). The manifest records ``layers``
+recomputed attention (measured on the golden fixture, see docs/clip-es.md). The manifest records ``layers``
 and the identity of the cams folder it belongs to.
 """
 
