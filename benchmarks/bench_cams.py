@@ -27,12 +27,12 @@ import torch
 from PIL import Image
 
 from clipes.backbones.clip_loader import load_clip
-from clipes.compat import import_clip
-from clipes.maps.gradcam import LastBlockPass, SoftmaxTarget, autograd_weights, cam_from_weights, softmax_gradcam
-from clipes.data.images import load_image, to_clip_tensor
-from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
+from clipes.compat import import_clip
+from clipes.data.images import load_image, to_clip_tensor
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+from clipes.maps.gradcam import LastBlockPass, SoftmaxTarget, autograd_weights, cam_from_weights, softmax_gradcam
 
 
 def make_checkpoint(folder: Path) -> Path:

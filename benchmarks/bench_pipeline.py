@@ -41,10 +41,11 @@ from pathlib import Path
 
 import torch
 
-from bench_cams import make_checkpoint, make_images, sync
 from clipes.backbones.clip_loader import load_clip
-from clipes.data.images import load_image, to_clip_tensor
 from clipes.backbones.vit import DenseViT
+from clipes.data.images import load_image, to_clip_tensor
+
+from bench_cams import make_checkpoint, make_images, sync
 
 LABELS = ("cat", "dog")
 COMMANDS = ("cams", "cams --save-affinity", "refine --no-crf")

@@ -25,18 +25,19 @@ import cv2
 import numpy as np
 import torch
 
-from bench_cams import bench_parser, make_checkpoint, make_images, timed
-from clipes.store import attncache
-from clipes.maps.caa import affinity_from_attention, refine_cams
 from clipes.backbones.clip_loader import load_clip
-from clipes.maps.crf import CrfParams
-from clipes.maps.gradcam import softmax_gradcam
-from clipes.store.halfcast import to_float16
-from clipes.data.images import load_image, to_clip_tensor
-from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
-from clipes.clip_es.refine_runner import _crf_pool, _Ready
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
+from clipes.clip_es.refine_runner import _crf_pool, _Ready
+from clipes.data.images import load_image, to_clip_tensor
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+from clipes.maps.caa import affinity_from_attention, refine_cams
+from clipes.maps.crf import CrfParams
+from clipes.maps.gradcam import softmax_gradcam
+from clipes.store import attncache
+from clipes.store.halfcast import to_float16
+
+from bench_cams import bench_parser, make_checkpoint, make_images, timed
 
 
 def main():

@@ -26,18 +26,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_cams import make_checkpoint, make_images, timed as clock
 from clipes.maps.crf import read_crf_image
 from clipes.weakclip import inference, losses
 from clipes.weakclip.coattention import match, pyramid_inputs
 from clipes.weakclip.options import VOC_CONFIG
 
+from bench_cams import make_checkpoint, make_images
+from bench_cams import timed as clock
+
 
 def build(clip: Path, device, frozen: bool):
-    import clipes.mmseg_ext  # noqa: F401
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
 
+    import clipes.mmseg_ext  # noqa: F401
     from clipes.mmseg_ext.runner import load_config
 
     cfg = load_config(VOC_CONFIG)
@@ -96,11 +98,10 @@ def main():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         model.train()
-        from mmengine.optim import build_optim_wrapper
-
         import logging
 
         from mmengine.logging import MMLogger
+        from mmengine.optim import build_optim_wrapper
 
         MMLogger.get_instance("mmengine").setLevel(logging.ERROR)  # one line per parameter group otherwise
         wrapper = build_optim_wrapper(model, cfg.optim_wrapper)

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench_cams import make_checkpoint, timed as clock
 from clipes.backbones.clip_loader import load_clip
 from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm
@@ -38,6 +37,9 @@ from clipes.weclip.decoder import WeCLIPDecoder, decoder_affinity
 from clipes.weclip.model import WeCLIP, build_weclip
 from clipes.weclip.runner import InferOptions, predict_image
 from clipes.weclip.tower import normalize_image
+
+from bench_cams import make_checkpoint
+from bench_cams import timed as clock
 
 
 def iteration(model: WeCLIP, optimizer, images, classes, device, method: str) -> dict:

@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from clipes.store import camstore, manifest, maskstore
-from clipes.maps.caa import upsample_maps
 from clipes.data.datasets import ground_truth_dir, read_split
-from clipes.errors import InputError, UserError
 from clipes.data.evaluation import CAM_ALPHAS, REFINED_ALPHAS, Confusion, labels_from_maps
+from clipes.errors import InputError, UserError
+from clipes.maps.caa import upsample_maps
+from clipes.store import camstore, manifest, maskstore
 from clipes.store.fsutil import write_json
 
 STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.LABELS_STAGE,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from clipes.store import manifest, maskstore
 from clipes.errors import InputError, UserError
+from clipes.store import manifest, maskstore
 from clipes.store.fsutil import remove_stale_temporaries
 
 

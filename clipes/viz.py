@@ -23,13 +23,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from clipes.store import camstore, manifest, maskstore
-from clipes.maps.caa import upsample_maps
 from clipes.data.datasets import find_image, ground_truth_dir, image_folder
-from clipes.errors import InputError, UserError
 from clipes.data.evaluation import Confusion
-from clipes.store.fsutil import atomic_open, item_path, write_json
 from clipes.data.images import load_image
+from clipes.errors import InputError, UserError
+from clipes.maps.caa import upsample_maps
+from clipes.store import camstore, manifest, maskstore
+from clipes.store.fsutil import atomic_open, item_path, write_json
 
 STAGE = "viz"
 DRAWN_STAGES = (camstore.STAGE, camstore.REFINED_STAGE, maskstore.MASKS_STAGE, maskstore.CONFIDENCE_STAGE,

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipes.demo import demo_data
-
-from clipes.store import camstore, maskstore
-from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
-from clipes.data.datasets import read_split
-from clipes.demo.pipeline import DemoOptions
-from clipes.data.evaluation import Confusion, labels_from_maps
 from clipes.clip_es.refine_runner import RefineOptions
+from clipes.data.datasets import read_split
+from clipes.data.evaluation import Confusion, labels_from_maps
+from clipes.demo import demo_data
+from clipes.demo.pipeline import DemoOptions
+from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams, upsample_maps
+from clipes.store import camstore, maskstore
 
 
 def patch_labels(gt: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from clipes.store import camstore, manifest
 from clipes.data.datasets import DATASETS
-from clipes.errors import InputError, UserError
-from clipes.store.interop import read_clipes_npy, write_clipes_npy
 from clipes.data.prompts import default_class_file, load_class_file
+from clipes.errors import InputError, UserError
+from clipes.store import camstore, manifest
+from clipes.store.interop import read_clipes_npy, write_clipes_npy
 from stages.common import PATH
 
 

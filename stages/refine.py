@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from clipes.maps.crf import CRF_COLORS, CrfParams
-from clipes.data.datasets import DATASETS
 from clipes.clip_es.refine_runner import ATTENTION_SOURCES, RefineOptions, run_refine
+from clipes.data.datasets import DATASETS
+from clipes.maps.crf import CRF_COLORS, CrfParams
 from stages.common import PATH, only_set
 
 _CRF = {  # CLI name -> CrfParams field

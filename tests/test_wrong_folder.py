@@ -2,8 +2,9 @@
 
 import shutil
 
-from conftest import GOLDEN, GOLDEN_IDS
 from test_cli_cams import CLIP, clipes
+
+from conftest import GOLDEN, GOLDEN_IDS
 
 IDS = GOLDEN_IDS[:2]
 

@@ -29,9 +29,10 @@ def model_config(clip: Path, crop: int = 384, width: int = 32, feature: int = 48
 
 
 def build(config: dict):
-    import clipes.mmseg_ext  # noqa: F401  (registers WeakCLIP)
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
+
+    import clipes.mmseg_ext  # noqa: F401  (registers WeakCLIP)
 
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope("mmseg"):

@@ -21,17 +21,17 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from clipes.store import attncache, camstore, manifest
 from clipes.backbones.clip_loader import load_clip
-from clipes.data.datasets import DATASETS, Dataset, open_dataset
-from clipes.errors import InputError, UserError
-from clipes.store.fsutil import BackgroundWriter, remove_stale_temporaries
-from clipes.maps.gradcam import GRAD_METHODS, softmax_gradcam
-from clipes.data.images import check_size, load_image, to_clip_tensor
-from clipes.data.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
-from clipes.runs import RunSummary, progress_bar, resolve_device
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
+from clipes.data.datasets import DATASETS, Dataset, open_dataset
+from clipes.data.images import check_size, load_image, to_clip_tensor
+from clipes.data.prompts import DEFAULT_TEMPLATE, check_template, class_and_background_lists
+from clipes.errors import InputError, UserError
+from clipes.maps.gradcam import GRAD_METHODS, softmax_gradcam
+from clipes.runs import RunSummary, progress_bar, resolve_device
+from clipes.store import attncache, camstore, manifest
+from clipes.store.fsutil import BackgroundWriter, remove_stale_temporaries
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 

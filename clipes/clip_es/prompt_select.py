@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from clipes.backbones.clip_loader import load_clip
-from clipes.data.datasets import open_dataset
-from clipes.errors import InputError, UserError
-from clipes.store.fsutil import atomic_open, write_json
-from clipes.data.images import check_size, load_image, to_clip_tensor
-from clipes.data.prompts import builtin_path, check_template, class_and_background_lists, load_template_file
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
+from clipes.data.datasets import open_dataset
+from clipes.data.images import check_size, load_image, to_clip_tensor
+from clipes.data.prompts import builtin_path, check_template, class_and_background_lists, load_template_file
+from clipes.errors import InputError, UserError
+from clipes.store.fsutil import atomic_open, write_json
 
 SOFTMAX_OVER = ("classes", "classes+background")
 AGGREGATES = ("sum-of-ratios", "ratio-of-sums")

@@ -22,14 +22,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from clipes.store import attncache, camstore, manifest, maskstore
-from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
-from clipes.maps.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
 from clipes.data.datasets import DATASETS, check_images_present, find_image, image_folder, read_split
 from clipes.errors import InputError, UserError
+from clipes.maps.caa import DEFAULT_BOX_THRESHOLD, affinity_from_attention, refine_cams
+from clipes.maps.crf import CRF_COLORS, CrfParams, crf_labels, pseudo_mask
+from clipes.runs import RunSummary, progress_bar, resolve_device
+from clipes.store import attncache, camstore, manifest, maskstore
 from clipes.store.fsutil import BackgroundWriter, remove_stale_temporaries
 from clipes.store.halfcast import to_float16
-from clipes.runs import RunSummary, progress_bar, resolve_device
 
 ATTENTION_SOURCES = ("auto", "recompute", "cache")
 

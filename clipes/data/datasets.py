@@ -20,9 +20,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipes.data.prompts import ClassList
 from clipes.errors import InputError, UserError
 from clipes.store.fsutil import read_lines
-from clipes.data.prompts import ClassList
 
 DATASETS = ("voc12", "coco14", "custom")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")

@@ -29,12 +29,12 @@ from typing import Callable
 
 import numpy as np
 
-from clipes.store import manifest, maskstore
 from clipes.data.datasets import check_images_present, find_image
-from clipes.errors import InputError, UserError
-from clipes.store.fsutil import atomic_open, write_json
 from clipes.data.prompts import default_class_file, load_class_file
+from clipes.errors import InputError, UserError
 from clipes.runs import RunSummary, progress_bar
+from clipes.store import manifest, maskstore
+from clipes.store.fsutil import atomic_open, write_json
 
 
 def load_instances(path: Path) -> dict:

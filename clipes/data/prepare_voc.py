@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from clipes.store import manifest, maskstore
 from clipes.errors import InputError, UserError
-from clipes.store.fsutil import atomic_open, read_lines
 from clipes.runs import RunSummary, progress_bar
+from clipes.store import manifest, maskstore
+from clipes.store.fsutil import atomic_open, read_lines
 
 TRAIN_AUG_SIZE = 10582  # train_aug of the real VOC 2012 + SBD
 VOC_PARTS = {  # relative path -> what it is

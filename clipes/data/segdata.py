@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipes.store import manifest
 from clipes.data.datasets import find_image, image_folder
 from clipes.errors import InputError, UserError
+from clipes.store import manifest
 from clipes.store.maskstore import IGNORE
 
 _SHOWN = 3

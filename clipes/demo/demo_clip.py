@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipes.demo import demo_data
 from clipes.compat import import_clip
-from clipes.store.fsutil import atomic_open
 from clipes.data.images import CLIP_MEAN, CLIP_STD
+from clipes.demo import demo_data
+from clipes.store.fsutil import atomic_open
 
 # clip.model.CLIP arguments of the demo model (heads = width // 64 as OpenAI's loader infers them).
 ARCHITECTURE = dict(embed_dim=64, image_resolution=224, vision_layers=12, vision_width=96, vision_patch_size=16,

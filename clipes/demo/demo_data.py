@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipes.store import maskstore
 from clipes.errors import UserError
+from clipes.store import maskstore
 from clipes.store.fsutil import atomic_open, write_json
 
 # (name, prompt words, RGB colour, texture). Order = 0-based class index, as in prompts/demo_classes.tsv.

@@ -13,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from clipes.demo import demo_data
-
-from clipes.store import camstore, maskstore
 from clipes.clip_es.cam_runner import CamOptions, run_cams
-from clipes.errors import UserError
-from clipes.store.fsutil import write_json
-from clipes.eval_runner import EvalOptions, run_eval
-from clipes.data.prompts import builtin_path
 from clipes.clip_es.refine_runner import RefineOptions, run_refine
+from clipes.data.prompts import builtin_path
+from clipes.demo import demo_data
+from clipes.errors import UserError
+from clipes.eval_runner import EvalOptions, run_eval
+from clipes.store import camstore, maskstore
+from clipes.store.fsutil import write_json
 from clipes.viz import run_viz
 
 STAGE_TITLES = ((camstore.STAGE, "raw CAMs"), (camstore.REFINED_STAGE, "refined maps (CAA)"),

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from clipes.store import manifest, maskstore
-from clipes.store.fsutil import file_sha256
 from clipes.data.datasets import ground_truth_dir, read_split
-from clipes.errors import InputError, UserError
-from clipes.store.fsutil import atomic_open, ids_in
-from clipes.mmseg_ext.compat import prepare
 from clipes.data.segdata import check_training_set, dataset_paths, stage_info
+from clipes.errors import InputError, UserError
+from clipes.mmseg_ext.compat import prepare
+from clipes.store import manifest, maskstore
+from clipes.store.fsutil import atomic_open, file_sha256, ids_in
 
 LOSS_TYPE = "ConfidenceCrossEntropyLoss"
 LAUNCHERS = ("none", "pytorch")

@@ -274,13 +274,12 @@ def train_config(opts, echo=print):
         UserError: one line: no seeds, bad seed files, empty split, a CLIP that does not fit the
             config, unknown label space, bad options.
     """
-    from clipes.store import manifest, maskstore
-    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, \
-        resolve_checkpoint
+    from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
     from clipes.data.datasets import read_split
-    from clipes.store.fsutil import file_sha256, ids_in
-    from clipes.mmseg_ext.runner import LAUNCHERS, _write_split, launch_and_resume, load_config
     from clipes.data.segdata import check_training_set, dataset_paths, stage_info
+    from clipes.mmseg_ext.runner import LAUNCHERS, _write_split, launch_and_resume, load_config
+    from clipes.store import manifest, maskstore
+    from clipes.store.fsutil import file_sha256, ids_in
     from clipes.weakclip.options import SEED_LABELS, STAGE, VOC_CONFIG
 
     config = Path(opts.config or VOC_CONFIG).expanduser()

@@ -25,9 +25,9 @@ from mmengine.model import BaseModel
 from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmseg.registry import DATASETS, HOOKS, MODELS, PARAM_SCHEDULERS
 
-from clipes.store import manifest
 from clipes.backbones.clip_loader import load_clip
 from clipes.errors import UserError
+from clipes.store import manifest
 from clipes.weclip import rfm, schedule
 from clipes.weclip.data import TrainSet, write_samples
 from clipes.weclip.decoder import WeCLIPDecoder
@@ -115,8 +115,8 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     from mmengine.config import Config
 
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
-    from clipes.store.fsutil import file_sha256
     from clipes.mmseg_ext.runner import launch_and_resume
+    from clipes.store.fsutil import file_sha256
 
     if opts.clip is None:
         raise UserError("give CLIP: a CLIP ViT checkpoint (OpenAI .pt, .safetensors or a Hugging Face folder)")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from clipes.store.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
+from clipes.store.checkpoints import safe_load, strip_prefix
 
 REQUIRED = ("contexts", "gamma", "beta", "decode_head.conv_seg.weight", "context_decoder.text_proj.1.weight",
             "neck.lateral_convs.0.conv.weight", "backbone.fpn3.weight")

@@ -17,14 +17,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from clipes.store import manifest, maskstore
-from clipes.store.fsutil import file_sha256
-from clipes.maps.crf import read_crf_image
 from clipes.data.datasets import find_image, read_split
-from clipes.errors import InputError, UserError
-from clipes.store.fsutil import ids_in
-from clipes.runs import RunSummary, resolve_device, run_mask_loop
 from clipes.data.segdata import dataset_paths, stage_info
+from clipes.errors import InputError, UserError
+from clipes.maps.crf import read_crf_image
+from clipes.runs import RunSummary, resolve_device, run_mask_loop
+from clipes.store import manifest, maskstore
+from clipes.store.fsutil import file_sha256, ids_in
 from clipes.weakclip import classes as label_spaces
 from clipes.weakclip import inference
 from clipes.weakclip.options import MasksOptions

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clipes.maps.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
 from clipes.backbones.vit import DenseViT, reference_attention
+from clipes.maps.gradcam import GRAD_METHODS, LastBlockPass, SoftmaxTarget, cam_from_weights, class_weights
 
 
 @dataclass

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from clipes.store.checkpoints import safe_load, strip_prefix
 from clipes.errors import UserError
+from clipes.store.checkpoints import safe_load, strip_prefix
 from clipes.weclip.decoder import decoder_config
 
 CLIPES_PREFIX = "decoder."  # the mmengine model holds the WeCLIPDecoder as ``decoder``

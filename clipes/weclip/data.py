@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipes.data.images import load_image
 from clipes.errors import InputError
 from clipes.store.fsutil import atomic_open
-from clipes.data.images import load_image
 from clipes.weclip.tower import normalize_image
 
 CROP = 320

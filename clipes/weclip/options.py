@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clipes.data.datasets import open_dataset
-from clipes.errors import InputError, UserError
 from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
+from clipes.errors import InputError, UserError
 from clipes.weclip import rfm, schedule
 from clipes.weclip.data import Sample
 

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipes.store import manifest, maskstore
 from clipes.backbones.clip_loader import load_clip
-from clipes.store.fsutil import file_sha256
-from clipes.maps.crf import CrfParams, dense_crf
 from clipes.data.datasets import IMAGE_EXTENSIONS, find_image, open_dataset, read_split
-from clipes.errors import InputError, UserError
 from clipes.data.images import load_image
+from clipes.errors import InputError, UserError
+from clipes.maps.crf import CrfParams, dense_crf
 from clipes.runs import RunSummary, resolve_device, run_mask_loop
+from clipes.store import manifest, maskstore
+from clipes.store.fsutil import file_sha256
 from clipes.weclip.checkpoint import read_decoder_state
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config
 from clipes.weclip.model import WeCLIP, build_weclip, long_side_size

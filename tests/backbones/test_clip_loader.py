@@ -5,6 +5,7 @@ import torch
 
 from clipes.backbones.clip_loader import load_clip, read_state_dict, resolve_checkpoint
 from clipes.errors import UserError
+
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
 
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from clipes.store import camstore
-from clipes.clip_es.cam_runner import CamOptions, run_cams
 from clipes.backbones.clip_loader import load_clip
+from clipes.backbones.hf_clip import hf_to_openai
+from clipes.clip_es.cam_runner import CamOptions, run_cams
 from clipes.compat import ensure_torchvision, import_clip
 from clipes.errors import UserError
-from clipes.backbones.hf_clip import hf_to_openai
+from clipes.store import camstore
+
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden
 

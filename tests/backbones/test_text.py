@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.backbones.text import encode_prompts
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+
 from conftest import GOLDEN
 
 

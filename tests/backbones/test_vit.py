@@ -1,6 +1,7 @@
 import torch
 
 from clipes.backbones.vit import DenseViT
+
 from conftest import make_tiny_clip
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clipes.store import camstore
+
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden, make_voc, noise_image
 

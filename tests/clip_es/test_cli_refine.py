@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli_cams import assert_one_line_each, cams_args, clipes, run_and_kill
 
 from clipes.store import camstore, maskstore
 from clipes.store.interop import read_clipes_npy
+
 from conftest import GOLDEN, GOLDEN_IDS
-from test_cli_cams import assert_one_line_each, cams_args, clipes, run_and_kill
 
 
 def refine_args(work, *extra):

@@ -4,16 +4,17 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from test_cli_cams import clipes
 
 from clipes.backbones.clip_loader import load_clip
+from clipes.backbones.vit import DenseViT
+from clipes.clip_es.prompt_select import average_precision, mean_average_precision, sharpness
 from clipes.compat import import_clip
 from clipes.data.datasets import open_dataset
 from clipes.data.images import load_image, to_clip_tensor
-from clipes.clip_es.prompt_select import average_precision, mean_average_precision, sharpness
 from clipes.data.prompts import builtin_path, load_background_file, load_class_file
-from clipes.backbones.vit import DenseViT
+
 from conftest import GOLDEN
-from test_cli_cams import clipes
 
 
 def test_sharpness_by_hand():

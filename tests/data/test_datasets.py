@@ -1,8 +1,9 @@
 import pytest
 
 from clipes.data.datasets import open_dataset, read_split
-from clipes.errors import InputError, UserError
 from clipes.data.prompts import builtin_path, load_class_file
+from clipes.errors import InputError, UserError
+
 from conftest import GOLDEN
 from helpers import make_voc, noise_image
 

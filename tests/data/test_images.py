@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes.errors import InputError
 from clipes.data.images import check_size, load_image, to_clip_tensor
+from clipes.errors import InputError
+
 from helpers import noise_image
 
 

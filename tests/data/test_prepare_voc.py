@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.io import savemat
+from test_cli_cams import CLIP, clipes
 
 from clipes.store import maskstore
+
 from conftest import GOLDEN, GOLDEN_IDS
 from helpers import copy_golden
-from test_cli_cams import CLIP, clipes
 
 G = GOLDEN_IDS
 VOC_TRAIN, VOC_VAL = G[0:4], G[4:6]
@@ -124,8 +125,8 @@ def test_a_voc_folder_one_level_too_high_and_voc_alone(tmp_path):
 
 @pytest.mark.parametrize("values,message", [(np.full((4, 4), 30, np.uint8), "outside 0..20 and 255")])
 def test_sbd_values_out_of_range_are_refused(tmp_path, values, message):
-    from clipes.errors import InputError
     from clipes.data.prepare_voc import read_sbd_mat
+    from clipes.errors import InputError
 
     savemat(tmp_path / "x.mat", {"GTcls": {"Segmentation": values}})
     with pytest.raises(InputError, match=message):

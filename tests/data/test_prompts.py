@@ -1,8 +1,7 @@
 import pytest
 
+from clipes.data.prompts import builtin_path, check_template, load_background_file, load_class_file, load_template_file
 from clipes.errors import UserError
-from clipes.data.prompts import (builtin_path, check_template, load_background_file, load_class_file,
-                            load_template_file)
 
 
 def test_builtin_lists_match_the_reference():

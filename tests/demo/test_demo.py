@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from test_cli_cams import clipes
 
 from clipes.demo.pipeline import stage_miou
-from test_cli_cams import clipes
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipes.demo import demo_clip, demo_data
 from clipes.backbones.clip_loader import load_clip
+from clipes.demo import demo_clip, demo_data
 from stages.demo import DEMO_CLIP
 
 

@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes.demo import demo_data
-
-from clipes.store import maskstore
 from clipes.data.datasets import open_dataset, read_split
-from clipes.errors import UserError
 from clipes.data.prompts import builtin_path, load_background_file, load_class_file
+from clipes.demo import demo_data
+from clipes.errors import UserError
+from clipes.store import maskstore
 
 
 def test_scenes_are_a_pure_function_of_the_seed():

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipes.maps.caa import affinity_from_attention, box_mask, refine_cams, refine_on_grid, sinkhorn, upsample_maps
-from clipes.data.images import load_image, to_clip_tensor
 from clipes.backbones.vit import DenseViT
+from clipes.data.images import load_image, to_clip_tensor
+from clipes.maps.caa import affinity_from_attention, box_mask, refine_cams, refine_on_grid, sinkhorn, upsample_maps
+
 from conftest import GOLDEN, GOLDEN_IDS
 
 

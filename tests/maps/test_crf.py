@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes.maps.crf import (CrfParams, crf_labels, labels_and_confidence, probability_stack, pseudo_mask,
-                        read_crf_image)
 from clipes.errors import InputError
+from clipes.maps.crf import CrfParams, crf_labels, labels_and_confidence, probability_stack, pseudo_mask, read_crf_image
+
 from conftest import GOLDEN, GOLDEN_IDS
 
 

@@ -3,11 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clipes.maps.gradcam import minmax_normalize, softmax_gradcam
-from clipes.data.images import to_clip_tensor
-from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
 from clipes.backbones.text import encode_prompts
 from clipes.backbones.vit import DenseViT
+from clipes.data.images import to_clip_tensor
+from clipes.data.prompts import DEFAULT_TEMPLATE, builtin_path, load_background_file, load_class_file
+from clipes.maps.gradcam import minmax_normalize, softmax_gradcam
+
 from conftest import GOLDEN, make_tiny_clip
 
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli_cams import clipes, run_and_kill
 
 from clipes.store import maskstore
+
 from seg_helpers import make_seg_set
-from test_cli_cams import clipes, run_and_kill
 
 TINY = Path(__file__).parents[2] / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
 THREE = []  # the tiny config takes its class count (3) from the masks' manifest

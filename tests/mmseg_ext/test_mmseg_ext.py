@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS, TRANSFORMS
 
 import clipes.mmseg_ext  # noqa: F401  (registers into mmseg)
 from clipes.mmseg_ext.heads import DeepLabV2Head, stack_confidence
 from clipes.mmseg_ext.hooks import plain_message_hub, restore_message_hub
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS, TRANSFORMS
 
 init_default_scope("mmseg")
 

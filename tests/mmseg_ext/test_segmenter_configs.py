@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
 
 import clipes.mmseg_ext  # noqa: F401
 from clipes.mmseg_ext.runner import LOSS_TYPE, _losses, load_config
-from mmengine.registry import init_default_scope
-from mmseg.registry import MODELS
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "segmenter_configs").glob("*.py"))
 EXPECTED = {"deeplabv2": "DeepLabV2Head", "deeplabv3plus": "ConfidenceDepthwiseSeparableASPPHead"}

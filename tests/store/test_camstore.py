@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clipes.store import camstore
 from clipes.errors import InputError, UserError
+from clipes.store import camstore
 from clipes.store.manifest import begin_run, end_run, identity_of, read_manifest
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipes.store import maskstore
 from clipes.errors import InputError
+from clipes.store import maskstore
 
 
 def test_voc_palette_colours():

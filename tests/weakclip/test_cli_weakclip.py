@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli_cams import clipes
 
 from clipes.store import manifest, maskstore
 from clipes.weakclip.options import TINY_CONFIG, VOC_CONFIG
+
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
 from helpers import copy_golden
-from test_cli_cams import clipes
 
 CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()

@@ -13,6 +13,7 @@ import torch
 from clipes.weakclip import classes, inference, losses, schedule
 from clipes.weakclip.coattention import CoAttention
 from clipes.weakclip.encoders import drop_path
+
 from weakclip_helpers import build, model_config
 
 CLIP = Path(__file__).parents[1] / "data" / "weakclip-small" / "clip.pt"

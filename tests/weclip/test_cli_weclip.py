@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli_cams import clipes
 
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
 from helpers import copy_golden, make_voc, noise_image
-from test_cli_cams import clipes
 
 CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()

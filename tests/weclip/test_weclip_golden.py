@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipes.backbones.clip_loader import load_clip
-from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.backbones.text import encode_prompts_reference
+from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.weclip import rfm, schedule
 from clipes.weclip.decoder import WeCLIPDecoder, decoder_config
 from clipes.weclip.model import WeCLIP
