@@ -9,10 +9,11 @@ import subprocess
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_cams import clipes
 
 from clipes import viz
 from clipes.store import camstore, maskstore
+
+from helpers import clipes
 
 H, W = 80, 100  # panels scale the width to viz.TILE = 200: exactly 2x, so NEAREST tiles are exact
 CLASSES = ["cat", "dog", "cow"]

@@ -2,9 +2,8 @@
 
 import shutil
 
-from test_cli_cams import CLIP, clipes
-
 from conftest import GOLDEN, GOLDEN_IDS
+from helpers import CLIP, clipes
 
 IDS = GOLDEN_IDS[:2]
 

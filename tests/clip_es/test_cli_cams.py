@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,40 +11,7 @@ import pytest
 from clipes.store import camstore
 
 from conftest import GOLDEN, GOLDEN_IDS
-from helpers import copy_golden, make_voc, noise_image
-
-CLIP = str(GOLDEN / "clip.pt")
-
-
-def clipes(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "stages.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, **kwargs)
-
-
-def run_and_kill(args, folder, pattern, count=3):
-    """Start ``clipes *args`` and SIGKILL it once ``folder`` holds ``count`` files matching ``pattern``."""
-    process = subprocess.Popen([sys.executable, "-m", "stages.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list(folder.glob(pattern))) < count and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-
-def assert_one_line_each(result, reasons):
-    """Each id has exactly one ``failed <id>: ...`` line containing its reason, and no traceback."""
-    lines = result.stdout.splitlines()
-    assert reasons
-    for image_id, reason in reasons.items():
-        matching = [line for line in lines if line.startswith(f"failed {image_id}:")]
-        assert len(matching) == 1 and reason in matching[0], (image_id, lines)
-    assert "Traceback" not in result.stdout + result.stderr
-
-
-def cams_args(root, split, work, *extra):
-    return ["cams", "--dataset", "voc12", "--data-root", root, "--split", split, "--clip", CLIP, "--work", work,
-            "--no-progress", *extra]
+from helpers import CLIP, assert_one_line_each, cams_args, clipes, copy_golden, make_voc, noise_image, run_and_kill
 
 
 def load_all(folder):

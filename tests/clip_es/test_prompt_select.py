@@ -4,7 +4,6 @@ import statistics
 import numpy as np
 import pytest
 import torch
-from test_cli_cams import clipes
 
 from clipes.backbones.clip_loader import load_clip
 from clipes.backbones.vit import DenseViT
@@ -15,6 +14,7 @@ from clipes.data.images import load_image, to_clip_tensor
 from clipes.data.prompts import builtin_path, load_background_file, load_class_file
 
 from conftest import GOLDEN
+from helpers import clipes
 
 
 def test_sharpness_by_hand():

@@ -6,12 +6,11 @@ import random
 
 import numpy as np
 from PIL import Image
-from test_cli_cams import CLIP, clipes
 
 from clipes.data.prompts import default_class_file, load_class_file
 from clipes.store import maskstore
 
-from helpers import noise_image
+from helpers import CLIP, clipes, noise_image
 
 NAMES = load_class_file(default_class_file("coco14")).names
 COCO_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),

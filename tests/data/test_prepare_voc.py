@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.io import savemat
-from test_cli_cams import CLIP, clipes
 
 from clipes.store import maskstore
 
 from conftest import GOLDEN, GOLDEN_IDS
-from helpers import copy_golden
+from helpers import CLIP, clipes, copy_golden
 
 G = GOLDEN_IDS
 VOC_TRAIN, VOC_VAL = G[0:4], G[4:6]

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from test_cli_cams import clipes
 
 from clipes.demo.pipeline import stage_miou
+
+from helpers import clipes
 
 
 @pytest.fixture(scope="module")
