@@ -57,25 +57,32 @@ def progress_bar(total: int, enabled: bool, desc: str, unit: str = "img"):
 
 
 def run_mask_loop(items, folder: Path, stage: str, header: dict, identity: dict, opts, one, echo,
-                  name: str, chunk: int = 1, finish=None) -> RunSummary:
+                  name: str, chunk: int = 1, finish=None, failures: dict | None = None) -> RunSummary:
     """The loop of every command that writes one label PNG per image (predict-weclip, masks-weclip,
-    masks-weakclip): manifest, resume, one failure line per image, atomic PNGs.
+    masks-weakclip): the folder held for the run, manifest, resume, one failure line per image,
+    atomic PNGs.
 
     ``opts`` needs ``force``, ``progress`` and ``device``.
 
     ``one(*item)`` gives an image's label map (or, with ``finish``, what ``finish`` turns into one);
     an :class:`InputError` it raises is that image's failure. ``finish(results)`` maps the results of
-    up to ``chunk`` items at once, errors left in place (predict's parallel CRF).
+    up to ``chunk`` items at once, errors left in place (predict's parallel CRF). ``failures``:
+    ``{id: reason}`` found before the loop (e.g. a split id without an image), already reported;
+    they count and are recorded like the loop's own.
     """
     start = time.time()
-    manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force)
-    remove_stale_temporaries(folder, older_than_s=0)
-    done = set() if opts.force else maskstore.done_ids(folder)
-    todo = [item for item in items if item[0] not in done]
-    summary = RunSummary(folder=folder, already_done=len(items) - len(todo), stage=name)
-    succeeded = {item[0] for item in items} - {item[0] for item in todo}
-    bar = progress_bar(len(todo), opts.progress and bool(todo), name)
+    manifest.begin_run(folder, stage, header, manifest.identity_of(identity), force=opts.force, echo=echo)
+    summary = RunSummary(folder=folder, stage=name)
+    summary.failures.update(failures or {})
+    succeeded: set[str] = set()
+    bar, error = None, None
     try:
+        remove_stale_temporaries(folder, older_than_s=0)
+        done = set() if opts.force else maskstore.done_ids(folder)
+        todo = [item for item in items if item[0] not in done]
+        summary.already_done = len(items) - len(todo)
+        succeeded.update({item[0] for item in items} - {item[0] for item in todo})
+        bar = progress_bar(len(todo), opts.progress and bool(todo), name)
         for begin in range(0, len(todo), chunk):
             part = todo[begin:begin + chunk]
             results = []
@@ -94,13 +101,21 @@ def run_mask_loop(items, folder: Path, stage: str, header: dict, identity: dict,
                     succeeded.add(image_id)
                     summary.done += 1
                 bar.update(1)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start
-        manifest.end_run(folder, {"finished": manifest.now(), "device": opts.device, "done": summary.done,
-                                  "already_done": summary.already_done, "failed": summary.failed,
-                                  "seconds": round(summary.seconds, 2)},
-                         succeeded, summary.failures, {}, len(maskstore.done_ids(folder)))
+        try:
+            manifest.end_run(folder, {"finished": manifest.now(), "device": opts.device, "done": summary.done,
+                                      "already_done": summary.already_done, "failed": summary.failed,
+                                      "seconds": round(summary.seconds, 2)},
+                             succeeded, summary.failures, {}, len(maskstore.done_ids(folder)))
+        except Exception:
+            if error is None:  # else the run's own error (e.g. a full disk) is the one to report
+                raise
     echo(summary.line())
     return summary

@@ -1,16 +1,28 @@
 """The ``clipes`` command: a click group with one subcommand per stage.
 
-User errors (:class:`clipes.errors.UserError`) print one line and exit with status 2; a stage
-that finished with failed items exits with status 1.
+User errors (:class:`clipes.errors.UserError`) print one line and exit with status 2, and so does a
+full disk (the line names the folder being written); a stage that finished with failed items
+exits with status 1.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from clipes.errors import UserError
+from clipes.store.fsutil import no_space
+
+
+def _no_space_line(exc: BaseException) -> str:
+    """``error: no space left on device writing <folder>`` from the first named file in the chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.filename:
+            return f"no space left on device writing {Path(exc.filename).parent} ({Path(exc.filename).name})"
+        exc = exc.__cause__ or exc.__context__
+    return "no space left on device"
 
 
 class _Group(click.Group):
@@ -19,6 +31,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if not no_space(exc):
+                raise
+            click.echo(f"error: {_no_space_line(exc)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished files are kept; run the same command again to resume", err=True)

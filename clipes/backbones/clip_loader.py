@@ -25,6 +25,7 @@ import torch
 from clipes.backbones import hf_clip
 from clipes.compat import import_clip
 from clipes.errors import UserError
+from clipes.store.checkpoints import torch_file_problem
 from clipes.store.fsutil import file_sha256
 
 _REQUIRED_KEYS = (
@@ -106,6 +107,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return hf_clip.read_hf_folder(path)
     if path.suffix == ".safetensors":
         return hf_clip.read_safetensors(path)
+    problem = torch_file_problem(path) if path.is_file() else None
+    if problem:
+        raise UserError(f"cannot read CLIP checkpoint {path}: {problem}")
     try:
         if _is_torchscript_archive(path):
             state = torch.jit.load(str(path), map_location="cpu").state_dict()

@@ -245,38 +245,45 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
         "format": camstore.FORMAT,
     }
     identity = manifest.identity_of(_identity_fields(opts, classes, fg_prompts, bg_prompts, loaded.sha256))
-    manifest.begin_run(folder, camstore.STAGE, header, identity, force=opts.force)
-    remove_stale_temporaries(folder, older_than_s=0 if shard[1] == 1 else 3600)
     attention_folder = Path(opts.work).expanduser() / attncache.STAGE
-    if opts.save_affinity:
-        if not 1 <= opts.affinity_layers <= vit.num_layers:
-            raise UserError(f"affinity layers must be in 1..{vit.num_layers}")
-        manifest.begin_run(attention_folder, attncache.STAGE,
-                           {"command": header["command"], "cams_identity": identity, "layers": opts.affinity_layers,
-                            "format": attncache.FORMAT},
-                           manifest.identity_of({"cams": identity, "layers": opts.affinity_layers}), force=opts.force)
-        remove_stale_temporaries(attention_folder, older_than_s=0 if shard[1] == 1 else 3600)
-
-    fg_features = encode_prompts(model, list(classes.prompts), [template], opts.synonyms)  # [C, D]
-    bg_features = encode_prompts(model, background, [template], opts.synonyms)  # [Bg, D]
-
-    ids = dataset.ids[shard[0]::shard[1]]
-    already = set() if opts.force else camstore.done_ids(folder) & set(ids)
-    if opts.save_affinity:
-        already &= attncache.done_ids(attention_folder)
-    batches = [b for b in make_batches(dataset, ids, patch, batch_size)
-               if not all(ids[i] in already for i in b)]
-    summary = RunSummary(folder=folder, already_done=len(already))
-    autocast = None
-    if opts.precision != "fp32":
-        dtype = torch.float16 if opts.precision == "fp16" else torch.bfloat16
-        autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
-    loader = DataLoader(_Items(dataset, ids, patch), batch_sampler=batches, num_workers=jobs,
-                        collate_fn=list, pin_memory=on_gpu)
-    todo = sum(len(b) for b in batches) - sum(1 for b in batches for i in b if ids[i] in already)
-    bar = progress_bar(todo, opts.progress and todo > 0, camstore.STAGE)
-    succeeded = set(already)
+    if opts.save_affinity and not 1 <= opts.affinity_layers <= vit.num_layers:
+        raise UserError(f"affinity layers must be in 1..{vit.num_layers}")
+    shared = shard[1] > 1  # shards of one run write the folder together
+    manifest.begin_run(folder, camstore.STAGE, header, identity, force=opts.force, shared=shared, echo=echo)
+    begun = [folder]
+    summary = RunSummary(folder=folder)
+    succeeded: set[str] = set()
+    bar = None
     try:
+        remove_stale_temporaries(folder, older_than_s=0)
+        if opts.save_affinity:
+            manifest.begin_run(attention_folder, attncache.STAGE,
+                               {"command": header["command"], "cams_identity": identity,
+                                "layers": opts.affinity_layers, "format": attncache.FORMAT},
+                               manifest.identity_of({"cams": identity, "layers": opts.affinity_layers}),
+                               force=opts.force, shared=shared, echo=echo)
+            begun.append(attention_folder)
+            remove_stale_temporaries(attention_folder, older_than_s=0)
+
+        fg_features = encode_prompts(model, list(classes.prompts), [template], opts.synonyms)  # [C, D]
+        bg_features = encode_prompts(model, background, [template], opts.synonyms)  # [Bg, D]
+
+        ids = dataset.ids[shard[0]::shard[1]]
+        already = set() if opts.force else camstore.done_ids(folder) & set(ids)
+        if opts.save_affinity:
+            already &= attncache.done_ids(attention_folder)
+        batches = [b for b in make_batches(dataset, ids, patch, batch_size)
+                   if not all(ids[i] in already for i in b)]
+        summary.already_done = len(already)
+        autocast = None
+        if opts.precision != "fp32":
+            dtype = torch.float16 if opts.precision == "fp16" else torch.bfloat16
+            autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
+        loader = DataLoader(_Items(dataset, ids, patch), batch_sampler=batches, num_workers=jobs,
+                            collate_fn=list, pin_memory=on_gpu)
+        todo = sum(len(b) for b in batches) - sum(1 for b in batches for i in b if ids[i] in already)
+        bar = progress_bar(todo, opts.progress and todo > 0, camstore.STAGE)
+        succeeded.update(already)
         with BackgroundWriter() as writer:  # the npz writes overlap the next forward
             for batch in loader:
                 for item in batch:
@@ -304,19 +311,20 @@ def run_cams(opts: CamOptions, echo: Callable[[str], None] = print) -> RunSummar
                 bar.update(sum(1 for item in batch if item.image_id not in already))
                 bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start
         run = {"finished": manifest.now(), "shard": f"{shard[0]}/{shard[1]}", "device": str(device),
                "batch_size": batch_size, "jobs": jobs, "done": summary.done,
                "already_done": summary.already_done, "failed": summary.failed,
                "seconds": round(summary.seconds, 2)}
-        with contextlib.suppress(Exception):
-            manifest.end_run(folder, run, succeeded, summary.failures, summary.notes,
-                             len(camstore.done_ids(folder)))
-            if opts.save_affinity:
-                manifest.end_run(attention_folder, run, succeeded, summary.failures, {},
-                                 len(attncache.done_ids(attention_folder)))
+        counts = {folder: camstore.done_ids, attention_folder: attncache.done_ids}
+        for begun_folder in begun:  # each releases its folder, also when the other's update fails
+            with contextlib.suppress(Exception):
+                manifest.end_run(begun_folder, run, succeeded, summary.failures,
+                                 summary.notes if begun_folder == folder else {},
+                                 len(counts[begun_folder](begun_folder)))
     echo(summary.line())
     return summary
 

@@ -175,27 +175,33 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
     formats = {camstore.REFINED_STAGE: camstore.REFINED_FORMAT, maskstore.MASKS_STAGE: maskstore.MASKS_FORMAT,
                maskstore.CONFIDENCE_STAGE: maskstore.CONFIDENCE_FORMAT, maskstore.LABELS_STAGE: maskstore.LABELS_FORMAT}
     attention = _AttentionSource(opts, cams_manifest, cams_options, Path(opts.work).expanduser(), device, batch_size)
-    for name, folder in folders.items():
-        identity = refined_identity if name == camstore.REFINED_STAGE else masks_identity
-        header = {**common, "format": formats[name]}
-        if name != camstore.REFINED_STAGE:
-            header["input"] = {**header["input"], "refined_identity": refined_identity}
-        manifest.begin_run(folder, name, header, identity, force=opts.force)
-        remove_stale_temporaries(folder, older_than_s=0)
-
-    done = set() if opts.force else set.intersection(*(maskstore.done_ids(folders[name]) for name in maskstore.PNG_STAGES))
-    have_refined = set() if opts.force else camstore.done_ids(folders[camstore.REFINED_STAGE])
-    todo = [image_id for image_id in ids if image_id not in done]
-    summary = RunSummary(folder=out, already_done=len(ids) - len(todo), stage="refine")
-    bar = progress_bar(len(todo), opts.progress and bool(todo), "refine")
-    succeeded = set(ids) - set(todo)
-    chunk = max(4 * opts.jobs, batch_size)
-
-    def fail(image_id: str, reason: str) -> None:
-        summary.failures[image_id] = reason
-        bar.write(f"failed {image_id}: {reason}")
-
+    begun = []
+    summary = RunSummary(folder=out, stage="refine")
+    succeeded: set[str] = set()
+    bar = None
     try:
+        for name, folder in folders.items():
+            identity = refined_identity if name == camstore.REFINED_STAGE else masks_identity
+            header = {**common, "format": formats[name]}
+            if name != camstore.REFINED_STAGE:
+                header["input"] = {**header["input"], "refined_identity": refined_identity}
+            manifest.begin_run(folder, name, header, identity, force=opts.force, echo=echo)
+            begun.append(name)
+            remove_stale_temporaries(folder, older_than_s=0)
+
+        done = set() if opts.force else set.intersection(
+            *(maskstore.done_ids(folders[name]) for name in maskstore.PNG_STAGES))
+        have_refined = set() if opts.force else camstore.done_ids(folders[camstore.REFINED_STAGE])
+        todo = [image_id for image_id in ids if image_id not in done]
+        summary.already_done = len(ids) - len(todo)
+        bar = progress_bar(len(todo), opts.progress and bool(todo), "refine")
+        succeeded.update(set(ids) - set(todo))
+        chunk = max(4 * opts.jobs, batch_size)
+
+        def fail(image_id: str, reason: str) -> None:
+            summary.failures[image_id] = reason
+            bar.write(f"failed {image_id}: {reason}")
+
         # the background writer's PNG and npz encoding overlap the next image's CAA
         with _crf_pool(opts.jobs, opts.crf_params, opts.crf) as pool, BackgroundWriter() as writer:
             for begin in range(0, len(todo), chunk):
@@ -210,13 +216,15 @@ def run_refine(opts: RefineOptions, echo: Callable[[str], None] = print) -> RunS
                 bar.update(min(chunk, len(todo) - begin))
                 bar.set_postfix(failed=len(summary.failures), refresh=False)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         summary.failed = len(summary.failures)
         summary.seconds = time.time() - start
         run = {"finished": manifest.now(), "device": str(device), "jobs": opts.jobs, "batch_size": batch_size,
                "attention": attention.counts, "done": summary.done, "already_done": summary.already_done,
                "failed": summary.failed, "seconds": round(summary.seconds, 2)}
-        for name, folder in folders.items():
+        for name in begun:  # each releases its folder, also when another's update fails
+            folder = folders[name]
             count = (camstore.done_ids(folder) if name == camstore.REFINED_STAGE else maskstore.done_ids(folder))
             with contextlib.suppress(Exception):
                 manifest.end_run(folder, run, succeeded, summary.failures, {}, len(count))

@@ -10,9 +10,13 @@ manifests and checkpoints live here too, below every package that records them.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,20 +37,41 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a full disk or an exhausted quota."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "wb"):
-    """Open a temporary sibling of ``path`` for writing; rename it to ``path`` on success."""
+    """Open a temporary sibling of ``path`` for writing; rename it to ``path`` on success.
+
+    A full disk (or quota) raises ``OSError(ENOSPC)`` whose ``filename`` is ``path``, so the one
+    line a user sees names where the run was writing; the temporary is removed either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
     try:
-        with open(tmp, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, mode) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno in NO_SPACE and exc.filename != str(path):
+                raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from None
+            raise
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
@@ -114,14 +139,31 @@ def write_json(path: Path, data: dict) -> None:
         handle.write("\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> int:
-    """Delete leftovers of killed writers in ``folder``; returns how many were removed."""
+    """Delete leftovers of killed writers in ``folder``; returns how many were removed.
+
+    A temporary is ``.<name>.tmp-<pid>``: one whose writer is still running on this machine is kept
+    (a shard writing the same folder), any other older than ``older_than_s`` is removed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     removed, now = 0, time.time()
     for entry in folder.iterdir():
         if entry.name.startswith(".") and TMP_MARK in entry.name:
+            pid = entry.name.rpartition(TMP_MARK)[2]
+            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                continue
             try:
                 if now - entry.stat().st_mtime >= older_than_s:
                     entry.unlink()
@@ -131,32 +173,139 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> int:
     return removed
 
 
-@contextlib.contextmanager
-def folder_lock(folder: Path, timeout_s: float = 120.0):
-    """A lock file in ``folder`` so that shards update a shared manifest one at a time."""
-    lock = Path(folder) / ".lock"
-    deadline = time.time() + timeout_s
+def _locked_file(path: Path, operation: int):
+    """Open ``path`` (created if missing) and lock it; retry when the file was unlinked by its last
+    holder while this process waited (the lock would then guard nothing).
+
+    POSIX record locks (``lockf``), not ``flock``: they belong to this process alone, so the worker
+    processes a run forks (data loaders) never keep a killed run's folder locked, and the kernel
+    releases them when the process dies.
+
+    Raises:
+        BlockingIOError: with ``LOCK_NB``, another process holds a conflicting lock.
+    """
     while True:
+        handle = open(path, "a+", encoding="utf-8")
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:  # a lock left by a killed process
-                if time.time() - lock.stat().st_mtime > timeout_s:
-                    lock.unlink()
-                    continue
-            except FileNotFoundError:
-                continue
-            if time.time() > deadline:
-                raise TimeoutError(f"could not lock {folder} (remove {lock} if no clipes run is active)")
-            time.sleep(0.05)
+            fcntl.lockf(handle, operation)
+            if path.exists() and os.path.samestat(os.fstat(handle.fileno()), os.stat(path)):
+                return handle
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()
+
+
+def _unlink_and_close(handle, path: Path) -> None:
+    """Remove a lock file this process holds exclusively, then release it."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    handle.close()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold ``folder/.lock`` while a shared file (a manifest) is read and rewritten.
+
+    A kernel lock: a process that dies releases it, so no lock is ever stale and no run waits on a
+    dead one. The file is removed when the lock is released.
+    """
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / ".lock"
+    handle = _locked_file(path, fcntl.LOCK_EX)
     try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
         yield
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+        _unlink_and_close(handle, path)
+
+
+RUN_LOCK = ".run.lock"
+_HELD: dict[str, list] = {}  # resolved folder -> [open lock file, holds]: this process's run locks
+
+
+def _holder_record() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+
+
+def _describe(record: dict) -> str:
+    if not record.get("pid"):
+        return "another clipes run"
+    where = f" on {record['host']}" if record.get("host") and record["host"] != socket.gethostname() else ""
+    return f"pid {record['pid']}{where} (`{record.get('command', '?')}`, since {record.get('started', '?')})"
+
+
+def _read_record(handle) -> dict:
+    handle.seek(0)
+    text = handle.read().strip()
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def hold_folder(folder: Path, shared: bool = False, echo: Callable[[str], None] | None = None) -> None:
+    """Become the one writer of ``folder`` until :func:`release_folder` or the end of the process.
+
+    Two runs writing one folder would leave a manifest of one setting over files of the other; the
+    second is refused at once, naming the running process. ``shared``: shards of one run that write
+    the same folder hold it together (each writes its own files); an unsharded run excludes them.
+    A lock left by a killed run is a kernel lock its death released: it is taken over at once, with
+    a note naming the dead run. Holds are counted per process (one process may hold a folder twice).
+    The lock file (``.run.lock``, the holder's pid, host and command) is removed by the last release.
+
+    Raises:
+        UserError: another process writes the folder.
+    """
+    key = str(Path(folder).resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / RUN_LOCK
+    try:
+        handle = _locked_file(path, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(path, encoding="utf-8") as other:
+            record = _read_record(other)
+        raise UserError(f"{folder} is being written by {_describe(record)}; wait for it to finish, or write "
+                        f"to another folder") from None
+    previous = _read_record(handle)
+    if previous.get("pid") and previous["pid"] != os.getpid() and not shared and echo is not None:
+        echo(f"note: {folder}: took over the lock of a run that ended without releasing it ({_describe(previous)})")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(_holder_record()))
+    handle.flush()
+    _HELD[key] = [handle, 1]
+
+
+def release_folder(folder: Path) -> None:
+    """End this process's hold on ``folder``; the last holder removes the lock file."""
+    key = str(Path(folder).resolve())
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] > 0:
+        return
+    handle = _HELD.pop(key)[0]
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the last holder: no shard still writes
+    except BlockingIOError:
+        handle.close()
+        return
+    _unlink_and_close(handle, Path(folder) / RUN_LOCK)
+
+
+@contextlib.contextmanager
+def holding(folder: Path, shared: bool = False, echo: Callable[[str], None] | None = None):
+    """:func:`hold_folder` for the length of a ``with`` block."""
+    hold_folder(folder, shared, echo)
+    try:
+        yield
+    finally:
+        release_folder(folder)
 
 
 def read_lines(path: Path, what: str) -> list[tuple[int, str]]:

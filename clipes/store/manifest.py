@@ -16,9 +16,10 @@ import platform
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 from clipes.errors import UserError
-from clipes.store.fsutil import folder_lock, write_json
+from clipes.store.fsutil import folder_lock, hold_folder, release_folder, write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -66,8 +67,12 @@ def read_manifest(folder: Path) -> dict | None:
     return data
 
 
-def begin_run(folder: Path, stage: str, header: dict, identity: str, force: bool = False) -> dict:
-    """Create or check the folder's manifest before a run writes anything.
+FORCE_HINT = "use another WORK or OUT, or --force to recompute it"
+
+
+def begin_run(folder: Path, stage: str, header: dict, identity: str, force: bool = False, hold: bool = True,
+              shared: bool = False, hint: str = FORCE_HINT, echo: Callable[[str], None] | None = None) -> dict:
+    """Become the folder's writer and create or check its manifest before a run writes anything.
 
     Args:
         folder: the stage folder (created if missing).
@@ -75,15 +80,33 @@ def begin_run(folder: Path, stage: str, header: dict, identity: str, force: bool
         header: descriptive fields (options, classes, prompts, checkpoint, ...).
         identity: :func:`identity_of` the fields that determine the numbers.
         force: accept a folder made with another identity (its files will be recomputed).
+        hold: hold the folder (:func:`clipes.store.fsutil.hold_folder`) until :func:`end_run`: a
+            second run on it is refused while this one writes. False for helper processes of a run
+            that holds it (ranks > 0 of a training run).
+        shared: shards of one run hold the folder together.
+        hint: what the refusal of a folder made another way tells the user to do.
+        echo: where a note about a lock taken over from a killed run goes.
 
     Returns:
         The manifest as written.
 
     Raises:
-        UserError: the folder holds another stage's files or files made another way.
+        UserError: the folder is being written by another run, holds another stage's files or
+            files made another way.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if hold:
+        hold_folder(folder, shared, echo)
+    try:
+        return _write_header(folder, stage, header, identity, force, hint)
+    except BaseException:
+        if hold:
+            release_folder(folder)
+        raise
+
+
+def _write_header(folder: Path, stage: str, header: dict, identity: str, force: bool, hint: str) -> dict:
     with folder_lock(folder):
         old = read_manifest(folder)
         if old is not None and old.get("stage") != stage:
@@ -91,7 +114,7 @@ def begin_run(folder: Path, stage: str, header: dict, identity: str, force: bool
         if old is not None and old.get("identity") != identity and not force:
             raise UserError(
                 f"{folder} was made with other settings (CLIP, prompts, classes or options differ: "
-                f"identity {str(old.get('identity'))[:12]} vs {identity[:12]}); use another WORK or --force"
+                f"identity {str(old.get('identity'))[:12]} vs {identity[:12]}); {hint}"
             )
         same = old is not None and old.get("identity") == identity
         data = {
@@ -112,7 +135,7 @@ def begin_run(folder: Path, stage: str, header: dict, identity: str, force: bool
 
 
 def end_run(folder: Path, run: dict, succeeded: set, failures: dict, notes: dict, file_count: int) -> dict:
-    """Merge one run's outcome into the manifest (under the folder lock).
+    """Merge one run's outcome into the manifest (under the folder lock), then release the folder.
 
     Args:
         run: summary of this run (shard, counts, seconds, device, ...).
@@ -122,6 +145,13 @@ def end_run(folder: Path, run: dict, succeeded: set, failures: dict, notes: dict
         file_count: output files now in the folder.
     """
     folder = Path(folder)
+    try:
+        return _merge_run(folder, run, succeeded, failures, notes, file_count)
+    finally:
+        release_folder(folder)
+
+
+def _merge_run(folder: Path, run: dict, succeeded: set, failures: dict, notes: dict, file_count: int) -> dict:
     with folder_lock(folder):
         data = read_manifest(folder) or {}
         merged = {k: v for k, v in data.get("failures", {}).items() if k not in succeeded}
@@ -133,6 +163,18 @@ def end_run(folder: Path, run: dict, succeeded: set, failures: dict, notes: dict
         data["updated"] = now()
         write_json(folder / MANIFEST_NAME, data)
     return data
+
+
+def record_failures(folder: Path, failures: dict) -> None:
+    """Add ``{id: reason}`` to the manifest's failures now, before the run ends (a training run's
+    images left out, which a killed run must not lose)."""
+    if not failures:
+        return
+    with folder_lock(folder):
+        data = read_manifest(folder) or {}
+        data["failures"] = dict(sorted({**data.get("failures", {}), **failures}.items()))
+        data["counts"] = {**data.get("counts", {}), "failed": len(data["failures"])}
+        write_json(Path(folder) / MANIFEST_NAME, data)
 
 
 def command_line() -> str:

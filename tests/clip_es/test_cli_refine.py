@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli_cams import assert_one_line_each, cams_args, clipes, run_and_kill
 
 from clipes.store import camstore, maskstore
 from clipes.store.interop import read_clipes_npy
 
 from conftest import GOLDEN, GOLDEN_IDS
+from helpers import assert_one_line_each, cams_args, clipes, clipes_on_a_full_disk, run_and_kill
 
 
 def refine_args(work, *extra):
@@ -226,3 +226,17 @@ def test_a_failed_write_stops_the_run_and_keeps_what_was_written(refined_run, tm
     assert sorted(resumed) == sorted(expected) == GOLDEN_IDS
     for image_id in GOLDEN_IDS:
         np.testing.assert_array_equal(resumed[image_id], expected[image_id])
+
+
+def test_a_full_disk_through_the_background_writer_is_one_line_and_a_rerun_completes(refined_run, tmp_path):
+    work, _ = refined_run
+    out = tmp_path / "out"
+    args = refine_args(work, "--out", out, "--no-crf")
+    result = clipes_on_a_full_disk(out, ".png", 4, *args)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith("error: no space left on device writing " + str(out))
+    assert not list(out.rglob(".*.tmp-*"))  # no temporary left
+    result = clipes(*args)  # space again: the rerun completes what the full disk stopped
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (out / "masks").glob("*.png")) == sorted(p.name for p in (work / "masks").glob("*.png"))
