@@ -12,13 +12,14 @@ import click
 from clipes.data.datasets import DATASETS
 from stages.common import PATH, echo_main, only_set
 
+MODEL_KEYS = ("dataset", "class_file", "background_file", "template", "width", "grad_method", "fp16_out_proj",
+              "late_blocks", "box_threshold")
+
 
 def _model_options(options: dict):
     from clipes.weclip.options import ModelOptions
 
-    keys = ("dataset", "class_file", "background_file", "template", "width", "grad_method", "fp16_out_proj",
-            "late_blocks", "box_threshold")
-    return ModelOptions(**only_set(**{k: options.pop(k, None) for k in keys}))
+    return ModelOptions(**only_set(**{k: options.pop(k, None) for k in MODEL_KEYS}))
 
 
 def _model_flags(func):
@@ -77,16 +78,14 @@ def train_weclip(**options):
 
 
 def _infer_options(options: dict):
-    from clipes.weclip.options import ModelOptions
     from clipes.weclip.runner import InferOptions
 
-    model = _model_options(options)
+    # a clipes checkpoint records its model options; each flag given here overrides only itself
+    given = only_set(**{k: options.pop(k, None) for k in MODEL_KEYS})
     options = only_set(**options)
     if "clip_source" in options:
         options["clip"] = options.pop("clip_source")
-    given = {k: v for k, v in vars(model).items() if v != getattr(ModelOptions(), k)}
-    # a clipes checkpoint records its model options; flags given here override them
-    return InferOptions(model=model if given else None, **options)
+    return InferOptions(model=given, **options)
 
 
 def _infer_flags(func):

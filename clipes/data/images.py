@@ -59,6 +59,43 @@ def load_image(path: Path) -> tuple[Image.Image, str | None]:
     return image, note
 
 
+_END_MARKERS = {b"\xff\xd8": b"\xff\xd9", b"\x89P": b"IEND\xaeB`\x82"}  # JPEG, PNG
+_TAIL = 4096  # bytes searched for the end marker (encoders may pad after it)
+
+
+def check_image_file(path: Path) -> tuple[int, int]:
+    """Check an image file up front, cheaply: its header, and whether it ends as a complete file.
+
+    A JPEG or PNG whose last bytes hold its end marker is taken as complete without decoding its
+    pixels (fast enough for every image of a training split); any other file (another format, or
+    one cut short, or with data appended after the marker) is decoded fully.
+
+    Returns:
+        ``(width, height)`` from the header.
+
+    Raises:
+        InputError: missing, unreadable, not an image, or truncated (naming the file).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(2)
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - _TAIL))
+            tail = handle.read()
+        with Image.open(path) as image:
+            dimensions = image.size
+            marker = _END_MARKERS.get(magic)
+            if marker is None or marker not in tail:
+                image.load()  # raises for a truncated or broken file
+    except FileNotFoundError:
+        raise InputError(f"image not found: {path}") from None
+    except Exception as exc:  # PIL raises many kinds for bad data
+        raise InputError(f"cannot decode image {path}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return dimensions
+
+
 def _to_8bit(image: Image.Image) -> tuple[Image.Image, str]:
     array = np.asarray(image)
     if image.mode == "F":

@@ -3,18 +3,22 @@ a stage folder's images and classes are (what train-seg and train-weakclip read 
 
 A bad pseudo mask found after an hour of training wastes the hour; these checks read every label
 PNG of the split once (header for the size, pixels for the values) and stop with one line naming
-the first problems: missing folder, empty split, missing image or label, a label or confidence
-map whose size differs from its image, label values that are neither a class nor 255.
+the first problems: missing folder, empty split, missing label, a label or confidence map whose
+size differs from its image, label values that are neither a class nor 255. A missing, unreadable
+or truncated *image* is left out of the run with one ``failed <id>:`` line instead.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from clipes.data.datasets import find_image, image_folder
+from clipes.data.images import check_image_file
 from clipes.errors import InputError, UserError
 from clipes.store import manifest
 from clipes.store.maskstore import IGNORE
@@ -35,19 +39,26 @@ def _png(path: Path) -> Image.Image:
     return image
 
 
-def check_item(image_id: str, image_dir: Path, seg_dir: Path, num_classes: int,
-               confidence_dir: Path | None = None) -> None:
-    """Check one image, its label map and (optionally) its confidence map.
+def check_image(image_id: str, image_dir: Path) -> tuple[Path, tuple[int, int]]:
+    """Find an image and check its file up front (:func:`clipes.data.images.check_image_file`).
+
+    Returns:
+        ``(path, (width, height))``.
+
+    Raises:
+        InputError: missing, unreadable or truncated image, naming the file.
+    """
+    image_path = find_image(image_dir, image_id)
+    return image_path, check_image_file(image_path)
+
+
+def check_labels(image_id: str, size: tuple[int, int], seg_dir: Path, num_classes: int,
+                 confidence_dir: Path | None = None) -> None:
+    """Check an image's label map (and optionally confidence map) against its size ``(W, H)``.
 
     Raises:
         InputError: the first problem found, naming the file.
     """
-    image_path = find_image(image_dir, image_id)
-    try:
-        with Image.open(image_path) as image:
-            size = image.size  # (W, H), from the header only
-    except Exception as exc:
-        raise InputError(f"{image_path}: cannot read ({exc})") from None
     label_path = Path(seg_dir) / f"{image_id}.png"
     with _png(label_path) as label:
         if label.size != size:
@@ -65,29 +76,59 @@ def check_item(image_id: str, image_dir: Path, seg_dir: Path, num_classes: int,
                                  f"but the image is {size[0]}x{size[1]}")
 
 
+@dataclass
+class CheckedSet:
+    """The items of a split a run can use, and the images it leaves out.
+
+    Attributes:
+        ids: usable ids, in split order.
+        failures: ``{id: reason}`` of images that are missing, unreadable or truncated.
+    """
+
+    ids: list[str]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
 def check_training_set(ids: list[str], image_dir: Path, seg_dir: Path, num_classes: int,
-                       confidence_dir: Path | None = None, what: str = "training set") -> int:
-    """Check every item of a split; return how many were checked.
+                       confidence_dir: Path | None = None, what: str = "training set",
+                       echo: Callable[[str], None] | None = None) -> CheckedSet:
+    """Check every item of a split before a run starts.
+
+    An image that is missing, unreadable or truncated is left out: one ``failed <id>: <reason>``
+    line (through ``echo``) and an entry in the result's failures; the run goes on without it.
+    A label or confidence map that does not fit its image (a wrong folder or config) stops the run.
 
     Raises:
-        UserError: empty split, missing folder, or any bad item (the first few are named).
+        UserError: empty split, missing folder, any bad label map (the first few are named), or
+            no usable image at all.
     """
     if not ids:
         raise UserError(f"the {what} split lists no images")
     for folder, name in ((seg_dir, "label folder"), (confidence_dir, "confidence folder")):
         if folder is not None and not Path(folder).is_dir():
             raise UserError(f"{what}: {name} not found: {folder}")
-    problems = []
+    problems, usable, failures = [], [], {}
     for image_id in ids:
         try:
-            check_item(image_id, image_dir, seg_dir, num_classes, confidence_dir)
+            _, size = check_image(image_id, image_dir)
+        except InputError as exc:
+            failures[image_id] = str(exc)
+            if echo is not None:
+                echo(f"failed {image_id}: {exc}")
+            continue
+        try:
+            check_labels(image_id, size, seg_dir, num_classes, confidence_dir)
         except InputError as exc:
             problems.append(str(exc))
+            continue
+        usable.append(image_id)
     if problems:
         more = f" (and {len(problems) - _SHOWN} more)" if len(problems) > _SHOWN else ""
-        raise UserError(f"{what}: {len(problems)} of {len(ids)} images are unusable: "
+        raise UserError(f"{what}: {len(problems)} of {len(ids)} label maps are unusable: "
                         + "; ".join(problems[:_SHOWN]) + more)
-    return len(ids)
+    if not usable:
+        raise UserError(f"{what}: none of the {len(ids)} images can be read (e.g. {next(iter(failures.values()))})")
+    return CheckedSet(usable, failures)
 
 
 def stage_info(folder: Path | None, classes: Path | None = None, dataset: str | None = None) -> dict:

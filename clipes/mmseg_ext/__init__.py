@@ -7,7 +7,10 @@ importing it registers, in mmseg's own registries:
 * heads: ``DeepLabV2Head`` and the confidence-aware ``ConfidenceASPPHead``,
   ``ConfidenceDepthwiseSeparableASPPHead``, ``ConfidenceFCNHead``;
 * data: ``PseudoMaskDataset``, ``LoadConfidence``, ``PackSegInputsWithConfidence``;
-* hooks: ``PlainCheckpointHook`` (checkpoints that load with ``weights_only=True``).
+* hooks: ``PlainCheckpointHook`` (checkpoints that load with ``weights_only=True``),
+  ``RelativePointerHook`` (portable ``last_checkpoint``), ``MethodMetaHook``, ``ProgressHook``;
+* resumable training (:mod:`clipes.mmseg_ext.resume`): ``KeyedDataset``, ``KeyedInfiniteSampler``,
+  ``ResumableIterLoop``, ``IterationSeedHook``.
 """
 
 from clipes.mmseg_ext.compat import prepare
@@ -16,6 +19,6 @@ prepare()
 
 from mmseg.registry import MODELS  # noqa: E402
 
-from clipes.mmseg_ext import data, heads, hooks, losses, weakclip, weclip  # noqa: E402,F401
+from clipes.mmseg_ext import data, heads, hooks, losses, resume, weakclip, weclip  # noqa: E402,F401
 
 MODELS.register_module(module=losses.ConfidenceCrossEntropyLoss)

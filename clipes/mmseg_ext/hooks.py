@@ -147,3 +147,27 @@ class ProgressHook(Hook):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+@HOOKS.register_module()
+class RelativePointerHook(Hook):
+    """Rewrite mmengine's ``last_checkpoint`` pointer (an absolute path) as the checkpoint's file name,
+    atomically, after each save: a work folder that is copied or moved resumes from its own
+    checkpoints (:func:`clipes.mmseg_ext.runner.last_checkpoint` looks the name up in its folder)."""
+
+    priority = "LOWEST"  # after mmengine's CheckpointHook wrote the pointer
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from pathlib import Path
+
+        from mmengine.dist import is_main_process
+
+        from clipes.store.fsutil import atomic_open
+
+        pointer = Path(runner.work_dir) / "last_checkpoint"
+        if not is_main_process() or not pointer.is_file():
+            return
+        text = pointer.read_text(encoding="utf-8").strip()
+        if text and Path(text).name != text:
+            with atomic_open(pointer, "w") as handle:
+                handle.write(Path(text).name)

@@ -24,6 +24,7 @@ from clipes.store import manifest, maskstore
 from clipes.store.fsutil import atomic_open, file_sha256, ids_in
 
 LOSS_TYPE = "ConfidenceCrossEntropyLoss"
+SEG_STAGE = "segmenter"
 LAUNCHERS = ("none", "pytorch")
 _REMOTE = ("open-mmlab://", "torchvision://", "http://", "https://", "mmcls://", "openmmlab://")
 
@@ -189,32 +190,94 @@ def _iteration(path: Path) -> int:
     return int(stem.split("_")[-1]) if stem.split("_")[-1].isdigit() else -1
 
 
-def last_checkpoint(out: Path) -> Path | None:
-    """The checkpoint mmengine's ``last_checkpoint`` pointer in ``out`` names (None: no pointer)."""
-    pointer = Path(out) / "last_checkpoint"
-    return Path(pointer.read_text().strip()) if pointer.is_file() else None
+CHECKPOINT_BACKEND = "clipes_atomic"
+_POINTER = "last_checkpoint"
 
 
-def _remove_unfinished_checkpoints(out: Path, last: Path) -> int:
-    """Delete ``iter_N.pth`` files newer than the one ``last_checkpoint`` names.
+def _register_atomic_backend() -> None:
+    """mmengine's local file backend, with every checkpoint and pointer written atomically."""
+    from mmengine.fileio import LocalBackend, register_backend
 
-    mmengine writes ``last_checkpoint`` only after a checkpoint is fully saved, so a later one is
-    what a killed save left half-written; the resumed run writes it again.
+    from clipes.store.fsutil import atomic_open
+
+    class AtomicLocalBackend(LocalBackend):
+        """Writes under a temporary name and renames (a full disk or a kill leaves no half file)."""
+
+        def put(self, obj: bytes, filepath) -> None:
+            with atomic_open(Path(filepath), "wb") as handle:
+                handle.write(obj)
+
+        def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+            with atomic_open(Path(filepath), "w") as handle:
+                handle.write(obj)
+
+    register_backend(CHECKPOINT_BACKEND, AtomicLocalBackend, force=True)
+
+
+_register_atomic_backend()
+
+
+def _complete(path: Path) -> bool:
+    """A torch checkpoint (a zip archive) whose central directory is intact: not cut short."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def resume_point(out: Path) -> tuple[Path | None, int]:
+    """The newest complete checkpoint a run in ``out`` can resume from, and how many unfinished
+    ones were removed on the way (``(None, n)``: nothing to resume).
+
+    Checkpoints are written atomically, so an ``iter_N.pth`` there is complete and the newest one
+    wins, also over mmengine's ``last_checkpoint`` pointer (a run killed between a save and the
+    pointer's update). The pointer's name is looked up in ``out`` itself, so a copied or moved work
+    folder resumes from its own checkpoints. A newer file that is not a complete checkpoint (a save
+    cut short before saves were atomic) is removed.
+
+    Raises:
+        UserError: the pointer names a checkpoint that is not in ``out``.
     """
+    out = Path(out)
+    pointer = out / _POINTER
+    named = Path(pointer.read_text(encoding="utf-8", errors="replace").strip()).name if pointer.is_file() else ""
+    if named and not (out / named).is_file():
+        raise UserError(f"{pointer} names {named}, which is not in {out}: put it back, delete {pointer} to "
+                        f"resume from the newest checkpoint there, or give --no-resume to start over")
     removed = 0
-    for path in out.glob("iter_*.pth"):
-        if _iteration(path) > _iteration(last):
-            path.unlink()
-            removed += 1
-    return removed
+    for path in sorted((p for p in out.glob("iter_*.pth") if _iteration(p) >= 0), key=_iteration, reverse=True):
+        if named and _iteration(path) <= _iteration(out / named):
+            break
+        if _complete(path):
+            return path, removed
+        path.unlink()
+        removed += 1
+    return (out / named if named else None), removed
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The checkpoint a run in ``out`` resumes from (see :func:`resume_point`)."""
+    return resume_point(out)[0]
 
 
 def launch_and_resume(cfg, out: Path, launcher: str, resume: bool, name: str, echo: Callable[[str], None],
                       find_unused: bool = False) -> None:
-    """What every training command sets last: the launcher (torchrun: NCCL on GPUs; on CPU-only
-    machines gloo and DDP without device ids) and, with ``resume``, the run in ``out`` to continue
-    from (its ``last_checkpoint``; later, unfinished checkpoints are removed)."""
+    """What every training command sets last.
+
+    * the launcher (torchrun: NCCL on GPUs; on CPU-only machines gloo and DDP without device ids);
+    * checkpoints written atomically (a full disk or a kill leaves no half-written file) with a
+      ``last_checkpoint`` pointer that names the file relative to its folder;
+    * resumable randomness (:func:`clipes.mmseg_ext.resume.make_resumable`): a run killed and
+      resumed gives the uninterrupted run's checkpoints bit for bit;
+    * with ``resume``, the run in ``out`` to continue from (:func:`resume_point`).
+    """
     import torch
+
+    from clipes.mmseg_ext.resume import make_resumable
+    from clipes.store.fsutil import remove_stale_temporaries
 
     cfg.launcher = launcher
     if launcher != "none":
@@ -222,11 +285,71 @@ def launch_and_resume(cfg, out: Path, launcher: str, resume: bool, name: str, ec
         if not torch.cuda.is_available():
             cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
                                          find_unused_parameters=find_unused)
-    last = last_checkpoint(out) if resume else None
+    checkpoint = cfg.setdefault("default_hooks", {}).get("checkpoint")
+    if checkpoint is not None:
+        checkpoint["backend_args"] = dict(backend=CHECKPOINT_BACKEND)
+    hooks = list(cfg.get("custom_hooks") or [])
+    if not any(hook.get("type") == "RelativePointerHook" for hook in hooks):
+        cfg.custom_hooks = hooks + [dict(type="RelativePointerHook")]
+    make_resumable(cfg)
+    remove_stale_temporaries(out, older_than_s=0)
+    last, removed = resume_point(out) if resume else (None, 0)
     if last is not None:
         cfg.resume, cfg.load_from = True, str(last)
-        removed = _remove_unfinished_checkpoints(out, last)
         echo(f"{name}: resuming from {last}" + (f" (removed {removed} unfinished checkpoint(s))" if removed else ""))
+
+
+TRAIN_HINT = "train into another OUT, or delete {folder} to train it from scratch"
+
+
+def _main_rank() -> bool:
+    """The process that holds and records a training folder (rank 0 under torchrun)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def begin_training(out: Path, stage: str, header: dict, identity: str, failures: dict,
+                   echo: Callable[[str], None]) -> None:
+    """A training folder's manifest, before anything else is written there.
+
+    The main process holds the folder for the run (a second run into it is refused, naming this
+    one); every process checks that the folder was made with the same settings (the refusal names
+    what works: training commands have no ``--force``); the images left out up front are recorded
+    at once.
+    """
+    main = _main_rank()
+    manifest.begin_run(out, stage, header, identity, hold=main, hint=TRAIN_HINT.format(folder=out), echo=echo)
+    if main:
+        manifest.record_failures(out, failures)
+
+
+def train_and_record(cfg, name: str, verbose: bool, echo: Callable[[str], None]) -> Path:
+    """Run a training config through mmengine's Runner, then record the run in its folder's
+    manifest (with the samples that failed when drawn) and release the folder."""
+    from clipes.mmseg_ext.resume import read_failures
+
+    out = Path(cfg.work_dir)
+    error, runner_iter = None, None
+    try:
+        with _runner(cfg, verbose) as runner:
+            if not verbose:
+                echo(f"{name}: full log in {_log_file(runner)}")
+            runner.train()
+            runner_iter = runner.iter
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if _main_rank():
+            run = {"finished": manifest.now(), "completed": error is None, "iterations": runner_iter,
+                   "checkpoint": (last_checkpoint(out) or Path("")).name if error is None else None}
+            try:
+                manifest.end_run(out, run, set(), read_failures(out), {}, len(list(out.glob("iter_*.pth"))))
+            except Exception:
+                if error is None:
+                    raise
+    return out
 
 
 def _set_eval_dataset(cfg, key: str, split: Path, image_dir: Path, gt_dir: Path, metainfo: dict | None) -> None:
@@ -276,9 +399,17 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
         ids = [image_id for image_id, _ in read_split(split)]
     else:
         ids = sorted(ids_in(seg_dir, ".png")) if seg_dir.is_dir() else []
-    checked = check_training_set(ids, image_dir, seg_dir, num_classes, confidence_dir, what="training set")
-    if split is None:
-        split = _write_split(out / "train_split.txt", ids)
+    checked = check_training_set(ids, image_dir, seg_dir, num_classes, confidence_dir, what="training set", echo=echo)
+    failures = dict(checked.failures)
+    header = {"command": manifest.command_line(), "input": {"work": str(work), "config": str(opts.config),
+                                                           "split": str(split) if split else None},
+              "training": {"loss": mode, "images": len(checked.ids), "options": opts.options}}
+    identity = manifest.identity_of({"config": file_sha256(Path(opts.config).expanduser()), "loss": mode,
+                                     "options": opts.options, "ids": manifest.identity_of({"ids": checked.ids}),
+                                     "masks": info.get("identity"), "pretrained": opts.pretrained})
+    begin_training(out, SEG_STAGE, header, identity, failures, echo)
+    if split is None or checked.failures:
+        split = _write_split(out / "train_split.txt", checked.ids)
     train = cfg.train_dataloader["dataset"]
     train.update(split=str(split), image_dir=str(image_dir), seg_dir=str(seg_dir),
                  confidence_dir=str(confidence_dir) if confidence_dir else None)
@@ -287,7 +418,12 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
     val_split, gt_dir = _ground_truth(opts, dataset, data_root)
     if val_split is not None:
         val_ids = [image_id for image_id, _ in read_split(val_split)]
-        check_training_set(val_ids, image_dir, gt_dir, num_classes, what="validation set")
+        val_checked = check_training_set(val_ids, image_dir, gt_dir, num_classes, what="validation set", echo=echo)
+        if val_checked.failures:
+            failures.update(val_checked.failures)
+            if _main_rank():
+                manifest.record_failures(out, val_checked.failures)
+            val_split = _write_split(out / "val_split.txt", val_checked.ids)
         _set_eval_dataset(cfg, "val_dataloader", val_split, image_dir, gt_dir, metainfo)
         _set_eval_dataset(cfg, "test_dataloader", val_split, image_dir, gt_dir, metainfo)
     else:
@@ -308,7 +444,8 @@ def train_config(opts: SegOptions, echo: Callable[[str], None] = print):
     launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-seg", echo,
                       find_unused=bool(cfg.get("find_unused_parameters", False)))
     cfg.merge_from_dict(opts.options)
-    echo(f"train-seg: {checked} images, {mode} loss, {num_classes} classes, "
+    skipped = f" ({len(failures)} left out)" if failures else ""
+    echo(f"train-seg: {len(checked.ids)} images{skipped}, {mode} loss, {num_classes} classes, "
          f"validation: {val_split or 'none'}; output {out}")
     return cfg
 
@@ -332,6 +469,18 @@ def _quiet_runner_class():
 
             warnings.showwarning = to_log
             return logger
+
+        def load_checkpoint(self, *args, **kwargs):
+            # mmengine print()s "Loads checkpoint by local backend ..." when loading or resuming:
+            # that line goes to the log file too, not to the console
+            import io
+
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                checkpoint = super().load_checkpoint(*args, **kwargs)
+            for line in printed.getvalue().splitlines():
+                self.logger.info(line)
+            return checkpoint
 
     return QuietRunner
 
@@ -365,12 +514,7 @@ def _log_file(runner) -> str:
 
 def run_train(opts: SegOptions, echo: Callable[[str], None] = print) -> Path:
     """Train; returns the output folder (checkpoints, logs, the config used)."""
-    cfg = train_config(opts, echo)
-    with _runner(cfg, opts.verbose) as runner:
-        if not opts.verbose:
-            echo(f"train-seg: full log in {_log_file(runner)}")
-        runner.train()
-    return Path(cfg.work_dir)
+    return train_and_record(train_config(opts, echo), "train-seg", opts.verbose, echo)
 
 
 def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
@@ -388,13 +532,15 @@ def test_config(opts: SegOptions, echo: Callable[[str], None] = print):
     num_classes = _num_classes(cfg)
     metainfo = _metainfo(info, num_classes)
     ids = [image_id for image_id, _ in read_split(val_split)]
-    check_training_set(ids, image_dir, gt_dir, num_classes, what="test set")
+    cfg.work_dir = str(Path(opts.out or Path(opts.checkpoint).expanduser().parent / "test").expanduser())
+    checked = check_training_set(ids, image_dir, gt_dir, num_classes, what="test set", echo=echo)
+    if checked.failures:
+        val_split = _write_split(Path(cfg.work_dir) / "test_split.txt", checked.ids)
     _set_eval_dataset(cfg, "test_dataloader", val_split, image_dir, gt_dir, metainfo)
     cfg.load_from = str(Path(opts.checkpoint).expanduser())
-    cfg.work_dir = str(Path(opts.out or Path(opts.checkpoint).expanduser().parent / "test").expanduser())
     cfg.launcher, cfg.resume = opts.launcher, False
     cfg.merge_from_dict(opts.options)
-    echo(f"test-seg: {len(ids)} images from {val_split}, ground truth {gt_dir}")
+    echo(f"test-seg: {len(checked.ids)} images from {val_split}, ground truth {gt_dir}")
     return cfg
 
 

@@ -277,7 +277,7 @@ def train_config(opts, echo=print):
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
     from clipes.data.datasets import read_split
     from clipes.data.segdata import check_training_set, dataset_paths, stage_info
-    from clipes.mmseg_ext.runner import LAUNCHERS, _write_split, launch_and_resume, load_config
+    from clipes.mmseg_ext.runner import LAUNCHERS, _write_split, begin_training, launch_and_resume, load_config
     from clipes.store import manifest, maskstore
     from clipes.store.fsutil import file_sha256, ids_in
     from clipes.weakclip.options import SEED_LABELS, STAGE, VOC_CONFIG
@@ -326,13 +326,19 @@ def train_config(opts, echo=print):
         ids = [image_id for image_id, _ in read_split(split)]
     else:
         ids, split = sorted(ids_in(seeds, ".png")), None
-    checked = check_training_set(ids, image_dir, seeds, seed_values, what="seed set")
-    splits = [split or _write_split(out / "train_split.txt", ids)]
+    checked = check_training_set(ids, image_dir, seeds, seed_values, what="seed set", echo=echo)
+    failures = dict(checked.failures)
+    splits = [split if split is not None and not checked.failures else
+              _write_split(out / "train_split.txt", checked.ids)]
+    count = len(checked.ids)
     if opts.extra_split is not None:
         extra = Path(opts.extra_split).expanduser()
-        checked += check_training_set([i for i, _ in read_split(extra)], image_dir, seeds, seed_values,
-                                      what="extra seed set")
-        splits.append(extra)
+        extra_checked = check_training_set([i for i, _ in read_split(extra)], image_dir, seeds, seed_values,
+                                           what="extra seed set", echo=echo)
+        failures.update(extra_checked.failures)
+        count += len(extra_checked.ids)
+        splits.append(extra if not extra_checked.failures else
+                      _write_split(out / "extra_split.txt", extra_checked.ids))
     palette = maskstore.voc_palette()
     metainfo = dict(classes=tuple(names), palette=[palette[3 * (i % 256):3 * (i % 256) + 3] for i in range(k)])
     base = dict(cfg.train_dataloader.dataset)
@@ -372,14 +378,14 @@ def train_config(opts, echo=print):
               "input": {"seeds": str(seeds), "dataset": dataset, "data_root": str(data_root.resolve()),
                         "images": str(image_dir.resolve()), "clip": str(clip_path), "config": str(config)},
               **meta, "training": {"iters": iters, "batch_size": int(cfg.train_dataloader.batch_size),
-                                   "lr": float(cfg.optim_wrapper.optimizer.lr), "images": checked}}
+                                   "lr": float(cfg.optim_wrapper.optimizer.lr), "images": count}}
     model_fields = {k: v for k, v in cfg.model.to_dict().items() if k != "clip"}  # paths are not identity
     identity = manifest.identity_of({
         "clip_sha256": sha, "model": model_fields, "optim": cfg.optim_wrapper.to_dict(),
         "schedule": [dict(s) for s in cfg.param_scheduler], "iters": iters, "pipeline": pipeline,
         "batch_size": int(cfg.train_dataloader.batch_size), "ids": manifest.identity_of({"ids": ids}),
         "extra": opts.extra_split is not None, "seed_labels": seed_labels})
-    manifest.begin_run(out, STAGE, header, identity)
+    begin_training(out, STAGE, header, identity, failures, echo)
     cfg.work_dir = str(out)
     hooks = list(cfg.get("custom_hooks") or [])
     hooks += [dict(type="MethodMetaHook", key="weakclip", info=meta), dict(type="PlainCheckpointHook")]
@@ -389,7 +395,8 @@ def train_config(opts, echo=print):
     # the co-attention's dead layers get no gradient: DDP must look for unused parameters
     launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-weakclip", echo, find_unused=True)
     cfg.merge_from_dict(opts.options)
-    echo(f"train-weakclip: {checked} seed masks ({seed_labels} labels), {space} label space with {k} classes, "
+    skipped = f" ({len(failures)} left out)" if failures else ""
+    echo(f"train-weakclip: {count} seed masks{skipped} ({seed_labels} labels), {space} label space with {k} classes, "
          f"{iters} iterations, CLIP {'frozen' if cfg.model.get('frozen_clip') else 'trained at the min-lr leak'}; "
          f"output {out}")
     return cfg
@@ -397,14 +404,9 @@ def train_config(opts, echo=print):
 
 def run_train(opts, echo=print) -> Path:
     """Train WeakCLIP on seed masks; returns the output folder (checkpoints, logs, manifest)."""
-    from clipes.mmseg_ext.runner import _log_file, _runner
+    from clipes.mmseg_ext.runner import train_and_record
 
-    cfg = train_config(opts, echo)
-    with _runner(cfg, opts.verbose) as runner:
-        if not opts.verbose:
-            echo(f"train-weakclip: full log in {_log_file(runner)}")
-        runner.train()
-    return Path(cfg.work_dir)
+    return train_and_record(train_config(opts, echo), "train-weakclip", opts.verbose, echo)
 
 
 # ---- loading a checkpoint for masks-weakclip ---------------------------------------------------------

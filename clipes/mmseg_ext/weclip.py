@@ -115,7 +115,7 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     from mmengine.config import Config
 
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
-    from clipes.mmseg_ext.runner import launch_and_resume
+    from clipes.mmseg_ext.runner import begin_training, launch_and_resume
     from clipes.store.fsutil import file_sha256
 
     if opts.clip is None:
@@ -145,7 +145,7 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
               **info, "training": {"iters": iters, "batch_size": opts.batch_size, "crop": opts.crop, "lr": opts.lr,
                                    "switch_iter": opts.resolved_switch(), "seed": opts.seed}}
     identity = manifest.identity_of({k: header[k] for k in ("clip_sha256", "classes", "model", "training")})
-    manifest.begin_run(out, STAGE, header, identity)
+    begin_training(out, STAGE, header, identity, failures, echo)
     samples_file = write_samples(out / "train_samples.json", samples)
     interval = opts.checkpoint_interval or min(2000, iters)
     cfg = Config(dict(
@@ -186,11 +186,6 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
 
 def run_train(opts: TrainOptions, echo: Callable[[str], None] = print) -> Path:
     """Train WeCLIP's decoder; returns the output folder (checkpoints, logs, manifest)."""
-    from clipes.mmseg_ext.runner import _log_file, _runner
+    from clipes.mmseg_ext.runner import train_and_record
 
-    cfg = train_config(opts, echo)
-    with _runner(cfg, opts.verbose) as runner:
-        if not opts.verbose:
-            echo(f"train-weclip: full log in {_log_file(runner)}")
-        runner.train()
-    return Path(cfg.work_dir)
+    return train_and_record(train_config(opts, echo), "train-weclip", opts.verbose, echo)

@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 from clipes.data.images import load_image
-from clipes.errors import InputError
 from clipes.store.fsutil import atomic_open
 from clipes.weclip.tower import normalize_image
 
@@ -89,8 +88,8 @@ class TrainSet(torch.utils.data.Dataset):
         scale_range: rescale range.
         flip: random horizontal flip.
 
-    An image that fails to decode is reported once (``failed <id>: ...``) and replaced by the next
-    sample, so one bad file never stops a run.
+    An image that fails to decode raises :class:`clipes.errors.InputError`; the training loop's wrapper
+    (``KeyedDataset`` of :mod:`clipes.mmseg_ext.resume`) reports it once and draws the next sample.
     """
 
     def __init__(self, samples: str, num_classes: int, crop: int = CROP,
@@ -102,24 +101,19 @@ class TrainSet(torch.utils.data.Dataset):
         self.crop = crop
         self.scale_range = tuple(scale_range)
         self.flip = flip
-        self._reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_id(self, index: int) -> str:
+        """The image id of sample ``index`` (what a failure line names)."""
+        return self.samples[index].image_id
+
     def __getitem__(self, index: int) -> dict:
-        for attempt in range(len(self.samples)):
-            sample = self.samples[(index + attempt) % len(self.samples)]
-            try:
-                image, _ = load_image(Path(sample.path))
-                rgb = np.asarray(image.convert("RGB"))
-            except InputError as exc:
-                if sample.image_id not in self._reported:
-                    self._reported.add(sample.image_id)
-                    print(f"failed {sample.image_id}: {exc}", flush=True)
-                continue
-            crop = augment(rgb, self.crop, self.scale_range, self.flip)
-            labels = torch.zeros(self.num_classes, dtype=torch.uint8)
-            labels[sample.classes] = 1
-            return {"inputs": normalize_image(crop)[0], "data_samples": labels}
-        raise RuntimeError("no training image could be decoded")
+        sample = self.samples[index]
+        image, _ = load_image(Path(sample.path))
+        rgb = np.asarray(image.convert("RGB"))
+        crop = augment(rgb, self.crop, self.scale_range, self.flip)
+        labels = torch.zeros(self.num_classes, dtype=torch.uint8)
+        labels[sample.classes] = 1
+        return {"inputs": normalize_image(crop)[0], "data_samples": labels}

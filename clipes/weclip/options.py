@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from clipes.data.datasets import open_dataset
+from clipes.data.images import check_image_file
 from clipes.data.prompts import DEFAULT_TEMPLATE, class_and_background_lists
 from clipes.errors import InputError, UserError
 from clipes.weclip import rfm, schedule
@@ -132,6 +133,7 @@ def training_samples(opts: TrainOptions, echo=print) -> tuple[list[Sample], dict
     for image_id in dataset.ids:
         try:
             path = dataset.image_path(image_id)
+            check_image_file(path)  # a missing, unreadable or truncated image is left out up front
             labels = sorted(dataset.labels(image_id))  # ascending, as the reference's mask values
         except InputError as exc:
             failures[image_id] = str(exc)

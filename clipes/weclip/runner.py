@@ -50,8 +50,9 @@ class InferOptions:
     Attributes:
         checkpoint: a clipes or reference WeCLIP checkpoint.
         clip: CLIP checkpoint [the one the clipes checkpoint names].
-        model: the model options [those the clipes checkpoint records; reference files: the defaults
-            of ``dataset``].
+        model: model options given on the command line, ``{field: value}`` of
+            :class:`~clipes.weclip.options.ModelOptions`: each overrides only itself; the rest are
+            those the clipes checkpoint records (reference files: the defaults of its class count).
         images: image folder (predict) ; data_root / split / labels_file / images_dir: the dataset
             (masks; predict takes SPLIT to restrict the images).
         work / out: ``predict``: OUT [WORK/predictions]; ``masks``: OUT/masks [WORK/masks].
@@ -65,7 +66,7 @@ class InferOptions:
 
     checkpoint: Path | None = None
     clip: str | None = None
-    model: ModelOptions | None = None
+    model: dict = field(default_factory=dict)
     images: Path | None = None
     data_root: Path | None = None
     split: Path | None = None
@@ -91,6 +92,27 @@ class LoadedWeCLIP:
     identity: dict = field(default_factory=dict)
 
 
+def recorded_options(meta: dict, num_classes: int, given: dict) -> ModelOptions:
+    """The model options of a checkpoint, each field the user gave overriding only itself.
+
+    A clipes checkpoint records its (resolved) options; a reference checkpoint gets the defaults of
+    the dataset its class count implies. A given ``dataset`` also re-derives the dataset-dependent
+    defaults the user did not give (late-phase blocks, box threshold).
+    """
+    known = ModelOptions.__dataclass_fields__
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise UserError(f"unknown WeCLIP model option(s): {', '.join(unknown)}")
+    if meta.get("model"):
+        base = {k: v for k, v in meta["model"].items() if k in known}
+    else:
+        base = {"dataset": {21: "voc12", 81: "coco14"}.get(num_classes, "custom")}
+    if "dataset" in given and given["dataset"] != base.get("dataset"):
+        for derived in ("late_blocks", "box_threshold"):
+            base.pop(derived, None)
+    return ModelOptions(**{**base, **given}).resolved()
+
+
 def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> LoadedWeCLIP:
     """The model of a checkpoint on the given CLIP, after the checks of issue 18 (one line each).
 
@@ -102,14 +124,7 @@ def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> Load
         raise UserError("give CHECKPOINT: a WeCLIP checkpoint (clipes' iter_N.pth or the reference's .pth)")
     state, meta, kind = read_decoder_state(opts.checkpoint)
     config = decoder_config(state)
-    model_opts = opts.model
-    if model_opts is None:
-        if meta.get("model"):
-            known = ModelOptions.__dataclass_fields__
-            model_opts = ModelOptions(**{k: v for k, v in meta["model"].items() if k in known})
-        else:
-            model_opts = ModelOptions(dataset={21: "voc12", 81: "coco14"}.get(config["num_classes"], "custom"))
-    model_opts = model_opts.resolved()
+    model_opts = recorded_options(meta, config["num_classes"], dict(opts.model or {}))
     classes, background = prompt_lists(model_opts)
     if len(classes.names) + 1 != config["num_classes"]:
         raise UserError(f"{opts.checkpoint} predicts {config['num_classes']} classes (with background); "
@@ -235,11 +250,9 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
             out[i] = label
         return out
 
-    summary = run_mask_loop(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo, "predict-weclip",
-                   chunk=2 * jobs if opts.crf and jobs > 1 else 1, finish=finish if opts.crf else None)
-    summary.failures.update(failures)
-    summary.failed = len(summary.failures)
-    return summary
+    return run_mask_loop(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo,
+                         "predict-weclip", chunk=2 * jobs if opts.crf and jobs > 1 else 1,
+                         finish=finish if opts.crf else None, failures=failures)
 
 
 def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:

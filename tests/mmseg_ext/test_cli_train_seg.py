@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from PIL import Image
-from test_cli_cams import clipes, run_and_kill
 
 from clipes.store import maskstore
 
+from helpers import assert_same_checkpoint, clipes, kill_and_resume, run_and_kill
 from seg_helpers import make_seg_set
 
 TINY = Path(__file__).parents[2] / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
@@ -79,9 +80,12 @@ def test_tiny_config_learns(seg_set, hard_run, mode):
     assert np.mean(losses[-2:]) < 0.5 * losses[0], losses
     baseline = majority_miou(data)
     assert val["mIoU"] > baseline + 30, (val, baseline)
-    used = (out / TINY.name).read_text()
-    assert f"mode='{mode}'" in used
-    assert ("confidence_dir='" in used) == (mode == "soft") and ("/labels'" in used) == (mode == "soft")
+    used = Config.fromfile(out / TINY.name)  # the config as run
+    assert used.model.decode_head.loss_decode.mode == mode
+    trained = used.train_dataloader.dataset.dataset  # inside the resumable KeyedDataset
+    assert used.train_dataloader.dataset.type == "KeyedDataset"
+    assert (trained.confidence_dir is not None) == (mode == "soft")
+    assert trained.seg_dir.endswith("/labels" if mode == "soft" else "/masks")
     assert (out / "iter_40.pth").is_file()
 
 
@@ -134,6 +138,16 @@ def test_resume_after_a_kill_continues_from_the_saved_iteration(seg_set, tmp_pat
     assert len(logs) == 2 and "resumed epoch: 0, iter: 20" in logs[-1].read_text()  # mmengine's line, in its log
     assert "20/60 [" in result.stderr  # the progress bar starts where the run stopped
     assert torch.load(out / "iter_60.pth", weights_only=True)["meta"]["iter"] == 60
+
+
+def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(seg_set, tmp_path):
+    """Data order, augmentation, dropout: the resumed run's final checkpoint is the uninterrupted one's, bit for bit."""
+    _, work = seg_set
+    args = lambda out: train_args(work, out, 30, "--option", "default_hooks.checkpoint.interval=10")  # noqa: E731
+    whole = clipes(*args(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill_and_resume(args(tmp_path / "resumed"), tmp_path / "resumed", "iter_10.pth", "iter_30.pth")
+    assert_same_checkpoint(tmp_path / "whole" / "iter_30.pth", tmp_path / "resumed" / "iter_30.pth")
 
 
 def test_two_process_gloo_run(seg_set, tmp_path):
@@ -217,10 +231,10 @@ def test_masks_made_elsewhere_take_their_classes_from_dataset_or_a_class_file(se
     classes.write_text("rectangle\ndisc\n")
     cfg = train_config(SegOptions(**base, classes=classes), echo=lambda _: None)
     assert cfg.model.decode_head.num_classes == 3
-    assert cfg.train_dataloader.dataset.metainfo["classes"] == ("background", "rectangle", "disc")
+    assert cfg.train_dataloader.dataset.dataset.metainfo["classes"] == ("background", "rectangle", "disc")
     voc = train_config(SegOptions(**base, dataset="voc12"), echo=lambda _: None)
     assert voc.model.decode_head.num_classes == 21
-    assert voc.train_dataloader.dataset.metainfo["classes"][1:3] == ("aeroplane", "bicycle")
+    assert voc.train_dataloader.dataset.dataset.metainfo["classes"][1:3] == ("aeroplane", "bicycle")
 
 
 def test_train_seg_cli_on_masks_made_elsewhere_with_a_class_file(seg_set, tmp_path):

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli_cams import clipes
 
 from clipes.store import manifest, maskstore
 from clipes.weakclip.options import TINY_CONFIG, VOC_CONFIG
 
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
-from helpers import copy_golden
+from helpers import assert_same_checkpoint, clipes, copy_golden
 
 CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()
@@ -118,6 +117,8 @@ def test_train_resumes_after_a_kill(trained, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"resuming from {out / 'iter_2.pth'}" in result.stdout
     assert torch.load(out / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4
+    # data order, augmentation and dropout as in the uninterrupted run: the same checkpoint, bit for bit
+    assert_same_checkpoint(work / "weakclip" / "iter_4.pth", out / "iter_4.pth")
 
 
 def test_masks_feed_eval_and_resume(trained, tmp_path):
@@ -313,3 +314,20 @@ def test_two_process_gloo_run(trained, tmp_path):
     assert logs and any("Distributed training: True" in log.read_text() for log in logs)
     state = torch.load(tmp_path / "w" / "iter_4.pth", weights_only=True)["state_dict"]
     assert state and not any(k.startswith("text_encoder.") for k in state)
+
+
+def test_a_truncated_jpeg_is_left_out_once_and_training_goes_on(tmp_path):
+    data = tmp_path / "data"
+    copy_golden(data, IDS[:6])
+    work = tmp_path / "work"
+    write_clipes_masks(work, data, IDS[:6])
+    bad = data / "JPEGImages" / f"{IDS[2]}.jpg"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a download cut short
+    result = clipes(*train_args(work, small_config(tmp_path), iters=2))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(f"failed {IDS[2]}:") == 1 and "Traceback" not in result.stderr
+    assert "5 seed masks (1 left out)" in result.stdout
+    out = work / "weakclip"
+    assert list(json.loads((out / "manifest.json").read_text())["failures"]) == [IDS[2]]
+    assert IDS[2] not in (out / "train_split.txt").read_text().split()
+    assert (out / "iter_2.pth").is_file()

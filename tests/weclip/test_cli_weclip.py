@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_cli_cams import clipes
 
 from conftest import GOLDEN, make_tiny_clip, save_state_dict
-from helpers import copy_golden, make_voc, noise_image
+from helpers import (
+    assert_same_checkpoint,
+    clipes,
+    clipes_on_a_full_disk,
+    copy_golden,
+    hold_in_another_process,
+    make_voc,
+    noise_image,
+)
 
 CLIP = GOLDEN / "clip.pt"
 IDS = GOLDEN.joinpath("split.txt").read_text().split()
@@ -68,6 +76,8 @@ def test_train_resumes_after_a_kill(trained, tmp_path):
     assert f"resuming from {out / 'iter_2.pth'}" in result.stdout
     assert (out / "iter_4.pth").is_file()
     assert torch.load(out / "iter_4.pth", weights_only=True)["meta"]["iter"] == 4
+    # data order, augmentation and dropout as in the uninterrupted run: the same checkpoint, bit for bit
+    assert_same_checkpoint(work / "weclip" / "iter_4.pth", out / "iter_4.pth")
 
 
 def test_predict_and_masks_feed_eval(trained, tmp_path):
@@ -166,7 +176,11 @@ def test_bad_input_is_one_line(trained, tmp_path):
     assert not (tmp_path / "w5" / "masks" / "broken.png").exists()
     res = clipes(*train_args(bad, bad_split, tmp_path / "w6", iters=2))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "failed nolabel: image has no labels" in res.stdout and "1 skipped" in res.stdout
+    # both are left out up front, once each, and recorded in the run's manifest
+    assert res.stdout.count("failed nolabel: image has no labels") == 1 and "2 skipped" in res.stdout
+    assert res.stdout.count("failed broken: cannot decode") == 1
+    recorded = json.loads((tmp_path / "w6" / "weclip" / "manifest.json").read_text())["failures"]
+    assert sorted(recorded) == ["broken", "nolabel"]
     # a checkpoint of another model
     torch.save({"state_dict": {"backbone.weight": torch.zeros(1)}}, tmp_path / "seg.pth")
     res = clipes("predict-weclip", "--checkpoint", tmp_path / "seg.pth", "--clip", CLIP,
@@ -191,3 +205,134 @@ def test_two_process_gloo_run(trained, tmp_path):
     assert logs and any("Distributed training: True" in log.read_text() for log in logs)
     state = torch.load(tmp_path / "w" / "weclip" / "iter_4.pth", weights_only=True)["state_dict"]
     assert state and all(k.startswith("decoder.") for k in state)
+
+
+def _resume_copy(trained, tmp_path, name: str) -> Path:
+    """A copy of the trained folder as a run killed after its checkpoint at 2 leaves it, its pointer
+    naming the checkpoint by the *original* folder's absolute path (as mmengine writes it)."""
+    _, _, work, _ = trained
+    copy = tmp_path / name
+    shutil.copytree(work, copy)
+    (copy / "weclip" / "iter_4.pth").unlink()
+    (copy / "weclip" / "last_checkpoint").write_text(str(work / "weclip" / "iter_2.pth"))
+    return copy
+
+
+def test_copied_and_moved_work_folders_resume_from_their_own_checkpoints(trained, tmp_path):
+    data, split, work, _ = trained
+    original = work / "weclip" / "iter_4.pth"
+    before = original.stat().st_mtime_ns
+    copy = _resume_copy(trained, tmp_path, "copy")
+    result = clipes(*train_args(data, split, copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming from {copy / 'weclip' / 'iter_2.pth'}" in result.stdout
+    assert_same_checkpoint(original, copy / "weclip" / "iter_4.pth")  # finished in the copy
+    assert original.stat().st_mtime_ns == before  # the original folder untouched
+    assert (copy / "weclip" / "last_checkpoint").read_text() == "iter_4.pth"  # relative from now on
+    assert "Loads checkpoint" not in result.stdout + result.stderr  # mmengine's line goes to the log only
+    moved = tmp_path / "moved"
+    _resume_copy(trained, tmp_path, "before-move").rename(moved)
+    result = clipes(*train_args(data, split, moved))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert_same_checkpoint(original, moved / "weclip" / "iter_4.pth")
+
+
+def test_a_pointer_that_is_empty_or_names_a_missing_checkpoint(trained, tmp_path):
+    data, split, _, _ = trained
+    copy = _resume_copy(trained, tmp_path, "empty")
+    (copy / "weclip" / "last_checkpoint").write_text("")  # a kill while mmengine wrote it
+    result = clipes(*train_args(data, split, copy))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resuming from {copy / 'weclip' / 'iter_2.pth'}" in result.stdout  # the newest one there
+    missing = _resume_copy(trained, tmp_path, "missing")
+    (missing / "weclip" / "iter_2.pth").unlink()
+    result = clipes(*train_args(data, split, missing))
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "iter_2.pth, which is not in" in lines[0] and "--no-resume" in lines[0]
+
+
+def test_retraining_a_finished_folder_with_other_settings_names_what_works(trained):
+    data, split, work, _ = trained
+    result = clipes(*train_args(data, split, work, iters=6))
+    assert result.returncode == 2 and "--force" not in result.stderr
+    assert "train into another OUT, or delete" in result.stderr and str(work / "weclip") in result.stderr
+
+
+def test_predict_counts_a_split_id_without_an_image_as_a_failure(trained, tmp_path):
+    data, split, work, _ = trained
+    ids = split.read_text().split()
+    wanted = tmp_path / "split.txt"
+    wanted.write_text("\n".join([ids[0], "nosuchimage"]) + "\n")
+    out = tmp_path / "pred"
+    result = clipes("predict-weclip", "--checkpoint", work / "weclip" / "iter_4.pth", "--images", data / "JPEGImages",
+                    "--split", wanted, "--out", out, "--no-crf", "--no-progress")
+    assert result.returncode == 1
+    assert result.stdout.count("failed nosuchimage:") == 1 and "1 done, 0 already done, 1 failed" in result.stdout
+    assert list(json.loads((out / "manifest.json").read_text())["failures"]) == ["nosuchimage"]
+
+
+def test_an_option_given_overrides_only_itself(trained, tmp_path):
+    """A checkpoint trained with a class file keeps it when another option is given (issue 27.6)."""
+    from clipes.weclip.decoder import WeCLIPDecoder
+    from clipes.weclip.runner import InferOptions, load_weclip
+
+    classes = tmp_path / "three.tsv"
+    classes.write_text("cat\tcat\ndog\tdog\nbird\tbird\n")
+    decoder = WeCLIPDecoder(128, 11, 16, 4)
+    meta = {"weclip": {"clip": str(CLIP), "model": {"dataset": "custom", "class_file": str(classes), "width": 16}}}
+    torch.save({"state_dict": {f"decoder.{k}": v for k, v in decoder.state_dict().items()}, "meta": meta},
+               tmp_path / "three.pth")
+    loaded = load_weclip(InferOptions(checkpoint=tmp_path / "three.pth", model={"box_threshold": 0.5}))
+    assert loaded.classes == ["cat", "dog", "bird"] and loaded.options.box_threshold == 0.5
+    assert loaded.options.dataset == "custom" and loaded.options.late_blocks == 6
+    # an explicit DATASET equal to the default still counts as given (coco14's defaults follow it)
+    from stages.weclip import _infer_options
+
+    opts = _infer_options({"checkpoint": tmp_path / "three.pth", "dataset": "voc12", "box_threshold": None})
+    assert opts.model == {"dataset": "voc12"}
+    _, _, work, _ = trained
+    result = clipes("masks-weclip", "--checkpoint", work / "weclip" / "iter_4.pth", "--data-root", trained[0],
+                    "--split", trained[1], "--out", tmp_path / "m", "--box-threshold", "0.5", "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_writer_per_folder_and_a_killed_runs_lock_is_taken_over(trained, tmp_path):
+    data, split, work, _ = trained
+    out = tmp_path / "masks-out"
+    args = ("masks-weclip", "--checkpoint", work / "weclip" / "iter_4.pth", "--data-root", data, "--split", split,
+            "--out", out, "--no-progress")
+    other = hold_in_another_process(out / "masks")  # a run still writing the folder
+    try:
+        result = clipes(*args, "--force", timeout=60)
+        assert result.returncode == 2 and f"pid {other.pid}" in result.stderr and "being written" in result.stderr
+        assert not list((out / "masks").glob("*.png"))  # nothing written into the other run's folder
+        training = hold_in_another_process(tmp_path / "w" / "weclip")
+        try:
+            result = clipes(*train_args(data, split, tmp_path / "w"), timeout=60)
+            assert result.returncode == 2 and f"pid {training.pid}" in result.stderr
+        finally:
+            training.kill()
+            training.wait()
+    finally:
+        other.kill()  # killed: its lock is left behind
+        other.wait()
+    start = time.time()
+    result = clipes(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.time() - start < 60 and "took over the lock" in result.stdout and str(other.pid) in result.stdout
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(trained, tmp_path):
+    data, split, work, _ = trained
+    out = tmp_path / "full"
+    result = clipes_on_a_full_disk(out, ".png", 2, "masks-weclip", "--checkpoint", work / "weclip" / "iter_4.pth",
+                                   "--data-root", data, "--split", split, "--out", out, "--no-progress")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert errors == [f"error: no space left on device writing {out / 'masks'} ({errors[0].split('(')[-1]}"]
+    assert len(list((out / "masks").glob("*.png"))) == 2 and not list((out / "masks").glob(".*.tmp-*"))
+    result = clipes_on_a_full_disk(tmp_path / "t", ".pth", 0, *train_args(data, split, tmp_path / "t"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "error: no space left on device writing" in result.stderr and "iter_2.pth" in result.stderr
+    assert not list((tmp_path / "t" / "weclip").glob("*.pth")) and not list((tmp_path / "t").rglob(".*.tmp-*"))
