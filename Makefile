@@ -17,8 +17,11 @@
 #   make masks-weclip CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [OUT=..] [DEVICE=..]
 #   make train-weakclip WORK=.. [CONFIG=..] [SEEDS=<folder of mask PNGs>] [CLIP=..] [GPUS=n] [OPTIONS="k=v .."]
 #   make masks-weakclip WORK=.. CHECKPOINT=.. [SPLIT=..] [OUT=..] [CLIP=..] [DEVICE=..]
+#   make train-weclipplus DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. DINO=.. WORK=.. [GPUS=n] [ITERS=n] [BATCH=n]
+#   make predict-weclipplus CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [DINO=..] [SPLIT=..] [ARGS=--no-crf]
+#   make masks-weclipplus CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [DINO=..] [OUT=..]
 #   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
-#   make bench-weclip / bench-weakclip [DEVICE=cuda]   a training iteration by part, and inference per image
+#   make bench-weclip / bench-weakclip / bench-weclipplus [DEVICE=cuda]   a training iteration by part, inference
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -35,9 +38,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
+.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip train-weclipplus predict-weclipplus masks-weclipplus bench-weclipplus bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
 help:
-	@sed -n '2,21p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,25p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -144,6 +147,24 @@ masks-weclip: install
 	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
 	  $(call opt,--labels,$(LABELS)) $(WECLIP_MODEL) $(call opt,--device,$(DEVICE)) $(ARGS)
 
+# WeCLIP+ (docs/weclipplus.md): WeCLIP with a frozen DINOv2 (DINO=<weights file or Hugging Face folder>).
+train-weclipplus: install
+	$(SEG_RUN) train-weclipplus $(WECLIP_MODEL) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--clip,$(CLIP)) $(call opt,--dino,$(DINO)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \
+	  $(call opt,--labels,$(LABELS)) $(call opt,--iters,$(ITERS)) $(call opt,--batch,$(BATCH)) \
+	  $(call opt,--jobs,$(JOBS)) $(SEG_LAUNCHER) $(SEG_OPTIONS) $(ARGS)
+
+predict-weclipplus: install
+	$(CLIPES) predict-weclipplus $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--dino,$(DINO)) $(call opt,--device,$(DEVICE)) $(call opt,--jobs,$(JOBS)) $(ARGS)
+
+masks-weclipplus: install
+	$(CLIPES) masks-weclipplus $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--clip,$(CLIP)) $(call opt,--dino,$(DINO)) $(call opt,--labels,$(LABELS)) $(WECLIP_MODEL) \
+	  $(call opt,--device,$(DEVICE)) $(ARGS)
+
 viz: install
 	$(CLIPES) viz $(call opt,--work,$(WORK)) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--gt-dir,$(GT_DIR)) \
 	  $(call opt,--n,$(N)) $(ARGS)
@@ -170,6 +191,9 @@ bench-weclip: install
 
 bench-weakclip: install
 	$(BIN)/python benchmarks/bench_weakclip.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+bench-weclipplus: install
+	$(BIN)/python benchmarks/bench_weclipplus.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)

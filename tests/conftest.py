@@ -60,3 +60,17 @@ def tiny_checkpoint(tmp_path_factory):
     """Path of a tiny fp16 OpenAI-format state dict."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     return save_state_dict(make_tiny_clip(), path)
+
+
+def golden_file(folder: Path, name: str) -> Path:
+    """``folder/name``, following a link stored as a small text file holding a relative path (how
+    some golden sets carry the shared CLIP: ``clip.pt`` -> ``../public-small/clip.pt``)."""
+    path = Path(folder) / name
+    assert path.exists(), f"golden file missing: {path}"
+    if path.is_file() and path.stat().st_size < 1024:
+        text = path.read_bytes().strip()
+        if text and all(32 <= b < 127 for b in text):
+            target = (path.parent / text.decode()).resolve()
+            assert target.exists(), f"{path} points to {target}, which is missing"
+            return target
+    return path

@@ -156,3 +156,32 @@ def hold_in_another_process(folder: Path):
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process
+
+
+def make_tiny_dino(path: Path, width: int = 32, depth: int = 2, heads: int = 2, patch: int = 14, grid: int = 5,
+                   registers: int = 0, seed: int = 0) -> Path:
+    """A random DINOv2 state dict in the hub's key layout (``dinov2_vits14_pretrain.pth``), with a
+    ``<stem>_config.json`` naming its heads as the goldens' ``dino_config.json`` does."""
+    import json
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape, s=0.2: torch.randn(*shape, generator=g) * s  # noqa: E731
+    state = {"cls_token": r(1, 1, width), "pos_embed": r(1, 1 + grid * grid, width, s=1.0),
+             "mask_token": torch.zeros(1, width), "patch_embed.proj.weight": r(width, 3, patch, patch, s=0.05),
+             "patch_embed.proj.bias": r(width), "norm.weight": 1 + r(width), "norm.bias": r(width)}
+    if registers:
+        state["register_tokens"] = r(1, registers, width)
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state.update({b + "norm1.weight": 1 + r(width), b + "norm1.bias": r(width),
+                      b + "attn.qkv.weight": r(3 * width, width), b + "attn.qkv.bias": r(3 * width),
+                      b + "attn.proj.weight": r(width, width), b + "attn.proj.bias": r(width),
+                      b + "ls1.gamma": 0.5 + r(width), b + "norm2.weight": 1 + r(width), b + "norm2.bias": r(width),
+                      b + "mlp.fc1.weight": r(4 * width, width), b + "mlp.fc1.bias": r(4 * width),
+                      b + "mlp.fc2.weight": r(width, 4 * width), b + "mlp.fc2.bias": r(width),
+                      b + "ls2.gamma": 0.5 + r(width)})
+    torch.save(state, path)
+    Path(path).with_name(f"{Path(path).stem}_config.json").write_text(json.dumps({"num_heads": heads}))
+    return Path(path)

@@ -29,7 +29,7 @@ from clipes.backbones.clip_loader import load_clip
 from clipes.errors import UserError
 from clipes.store import manifest
 from clipes.weclip import rfm, schedule
-from clipes.weclip.data import TrainSet, write_samples
+from clipes.weclip.data import TrainSet, batch_classes, write_samples
 from clipes.weclip.decoder import WeCLIPDecoder
 from clipes.weclip.model import build_weclip
 from clipes.weclip.options import ModelOptions, TrainOptions, prompt_lists, training_samples
@@ -77,7 +77,7 @@ class WeCLIPModel(BaseModel):
         weclip = self.weclip
         weclip.train(self.training)
         if mode == "loss":
-            classes = [torch.nonzero(row).flatten().tolist() for row in data_samples]
+            classes = batch_classes(data_samples)
             late = self.iteration + 1 >= self.switch_iter
             step = weclip.step(inputs, classes, late)
             losses = weclip.losses(step, self.aff_weight)

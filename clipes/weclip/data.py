@@ -87,13 +87,15 @@ class TrainSet(torch.utils.data.Dataset):
         crop: crop size.
         scale_range: rescale range.
         flip: random horizontal flip.
+        ordered: ``data_samples`` lists the classes in the sample's order, padded with -1 to
+            ``num_classes`` (WeCLIP+: VOC's XML order decides argmax ties), instead of multi-hot.
 
     An image that fails to decode raises :class:`clipes.errors.InputError`; the training loop's wrapper
     (``KeyedDataset`` of :mod:`clipes.mmseg_ext.resume`) reports it once and draws the next sample.
     """
 
     def __init__(self, samples: str, num_classes: int, crop: int = CROP,
-                 scale_range: tuple[float, float] = SCALE_RANGE, flip: bool = True):
+                 scale_range: tuple[float, float] = SCALE_RANGE, flip: bool = True, ordered: bool = False):
         self.samples = read_samples(Path(samples))
         if not self.samples:
             raise ValueError(f"{samples} lists no training images")
@@ -101,6 +103,7 @@ class TrainSet(torch.utils.data.Dataset):
         self.crop = crop
         self.scale_range = tuple(scale_range)
         self.flip = flip
+        self.ordered = ordered
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -114,6 +117,17 @@ class TrainSet(torch.utils.data.Dataset):
         image, _ = load_image(Path(sample.path))
         rgb = np.asarray(image.convert("RGB"))
         crop = augment(rgb, self.crop, self.scale_range, self.flip)
-        labels = torch.zeros(self.num_classes, dtype=torch.uint8)
-        labels[sample.classes] = 1
+        if self.ordered:
+            labels = torch.full((self.num_classes,), -1, dtype=torch.long)
+            labels[:len(sample.classes)] = torch.tensor(sample.classes, dtype=torch.long)
+        else:
+            labels = torch.zeros(self.num_classes, dtype=torch.uint8)
+            labels[sample.classes] = 1
         return {"inputs": normalize_image(crop)[0], "data_samples": labels}
+
+
+def batch_classes(data_samples: torch.Tensor, ordered: bool = False) -> list[list[int]]:
+    """Per image of a collated batch, its classes: multi-hot rows (ascending) or -1-padded ordered ids."""
+    if ordered:
+        return [[int(c) for c in row if int(c) >= 0] for row in data_samples]
+    return [torch.nonzero(row).flatten().tolist() for row in data_samples]

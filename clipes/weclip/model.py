@@ -163,20 +163,38 @@ class WeCLIP(nn.Module):
         Returns:
             ``[1, K+1, h1, w1]`` mean over scales of ``(seg(x) + flip(seg(flip x))) / 2``.
         """
-        _, _, h0, w0 = image.shape
-        x = F.interpolate(image, size=long_side_size(h0, w0, long_side), mode="bilinear", align_corners=False)
-        total, base = None, None
-        for scale in scales:
-            xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-            batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs
-            segs = self.segment(batch)  # [2, K+1, h, w]
-            seg = (segs[:1] + segs[1:].flip(-1)) / 2 if flip else segs
-            if base is None:
-                base = seg.shape[-2:]
-            else:
-                seg = F.interpolate(seg, size=base, mode="bilinear", align_corners=False)
-            total = seg if total is None else total + seg
-        return total / len(scales)
+        return multiscale_flip_logits(self.segment, image, long_side, scales, flip)
+
+
+def multiscale_flip_logits(segment, image: torch.Tensor, long_side: int, scales: tuple[float, ...],
+                           flip: bool = True) -> torch.Tensor:
+    """The reference's test-time augmentation around any ``segment([B, 3, H, W]) -> [B, K+1, h, w]``.
+
+    The image is resized (bilinear) to ``long_side``; at each scale (floor sizes) the batch
+    ``[x, flip x]`` gives ``(seg(x) + flip(seg(flip x))) / 2``, upsampled to the scale-1 logit size;
+    the mean over scales is returned.
+
+    Args:
+        segment: logits of a batch.
+        image: ``[1, 3, H0, W0]`` normalised, at the original size.
+
+    Returns:
+        ``[1, K+1, h1, w1]``.
+    """
+    _, _, h0, w0 = image.shape
+    x = F.interpolate(image, size=long_side_size(h0, w0, long_side), mode="bilinear", align_corners=False)
+    total, base = None, None
+    for scale in scales:
+        xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)], dim=0) if flip else xs
+        segs = segment(batch)  # [2, K+1, h, w]
+        seg = (segs[:1] + segs[1:].flip(-1)) / 2 if flip else segs
+        if base is None:
+            base = seg.shape[-2:]
+        else:
+            seg = F.interpolate(seg, size=base, mode="bilinear", align_corners=False)
+        total = seg if total is None else total + seg
+    return total / len(scales)
 
 
 def build_weclip(clip_model: nn.Module, fg_prompts: list[str], bg_prompts: list[str], template: str,

@@ -117,8 +117,14 @@ def prompt_lists(model: ModelOptions):
     return class_and_background_lists(model.dataset, model.class_file, model.background_file)
 
 
-def training_samples(opts: TrainOptions, echo=print) -> tuple[list[Sample], dict]:
-    """Every usable training image with its classes (ascending), and the failures ``{id: reason}``.
+def training_samples(opts, echo=print, order: str = "ascending") -> tuple[list[Sample], dict]:
+    """Every usable training image with its classes, and the failures ``{id: reason}``.
+
+    Args:
+        opts: options with ``model`` (dataset, class files), ``data_root``, ``split``,
+            ``labels_file``, ``images_dir``.
+        order: ``ascending`` (WeCLIP: the reference's mask values) or ``source`` (the label source's
+            order: VOC's XML order, WeCLIP+'s).
 
     Raises:
         UserError: no DATA_ROOT / SPLIT, an unreadable split, or no usable image at all.
@@ -134,12 +140,12 @@ def training_samples(opts: TrainOptions, echo=print) -> tuple[list[Sample], dict
         try:
             path = dataset.image_path(image_id)
             check_image_file(path)  # a missing, unreadable or truncated image is left out up front
-            labels = sorted(dataset.labels(image_id))  # ascending, as the reference's mask values
+            labels = list(dataset.labels(image_id))
         except InputError as exc:
             failures[image_id] = str(exc)
             echo(f"failed {image_id}: {exc}")
             continue
-        samples.append(Sample(image_id, str(path), labels))
+        samples.append(Sample(image_id, str(path), sorted(labels) if order == "ascending" else labels))
     if not samples:
         raise UserError(f"none of the {len(dataset.ids)} images of {opts.split} can be used for training")
     return samples, failures

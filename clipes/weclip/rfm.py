@@ -74,21 +74,30 @@ def rfm_attention(blocks: torch.Tensor, affinity: torch.Tensor | None, late: boo
     return RfmAttention(mean * affinity, keep)
 
 
-def refine_patch_cams(attention: torch.Tensor, cams: torch.Tensor, threshold: float) -> torch.Tensor:
+def refine_patch_cams(attention: torch.Tensor, cams: torch.Tensor, threshold: float,
+                      weights: torch.Tensor | None = None, boxes: bool = True) -> torch.Tensor:
     """CAA propagation of an image's CAMs on the patch grid.
 
     Args:
         attention: ``[N, N]`` from :func:`rfm_attention`.
         cams: ``[K, h, w]`` initial CAMs.
         threshold: box threshold (VOC 0.4, COCO 0.7).
+        weights: ``[K, h, w]`` multiplied into the CAMs before the propagation (WeCLIP+'s RFM+: the
+            decoder's probability of each class); the boxes still come from the CAMs themselves.
+        boxes: restrict each class's sources to its CAM's boxes (False: everywhere, WeCLIP+ VOC).
 
     Returns:
         ``[K, h, w]`` refined maps before normalisation.
     """
     trans = caa.affinity_from_attention(attention.float(), rounds=3, power=2)
-    cams_np = cams.detach().float().cpu().numpy()
-    masks = torch.from_numpy(np.stack([caa.box_mask(c, threshold)[0] for c in cams_np])).to(trans.device)
-    return caa.refine_on_grid(trans, cams.float().to(trans.device), masks, power=1)
+    cams = cams.float().to(trans.device)
+    if boxes:
+        cams_np = cams.detach().cpu().numpy()
+        masks = torch.from_numpy(np.stack([caa.box_mask(c, threshold)[0] for c in cams_np])).to(trans.device)
+    else:
+        masks = torch.ones_like(cams)
+    sources = cams if weights is None else cams * weights.float().to(trans.device)
+    return caa.refine_on_grid(trans, sources, masks, power=1)
 
 
 def label_maps(refined: torch.Tensor, size: tuple[int, int], bg_power: float = 1.0) -> torch.Tensor:

@@ -92,25 +92,31 @@ class LoadedWeCLIP:
     identity: dict = field(default_factory=dict)
 
 
-def recorded_options(meta: dict, num_classes: int, given: dict) -> ModelOptions:
+def recorded_options(meta: dict, num_classes: int, given: dict, options=ModelOptions,
+                     derived: tuple[str, ...] = ("late_blocks", "box_threshold"), method: str = "WeCLIP"):
     """The model options of a checkpoint, each field the user gave overriding only itself.
 
     A clipes checkpoint records its (resolved) options; a reference checkpoint gets the defaults of
     the dataset its class count implies. A given ``dataset`` also re-derives the dataset-dependent
-    defaults the user did not give (late-phase blocks, box threshold).
+    defaults (``derived``) the user did not give.
+
+    Args:
+        meta: the checkpoint's record. num_classes: its class count (with background).
+        given: ``{field: value}`` from the command line.
+        options: the method's options dataclass (with ``resolved()``).
     """
-    known = ModelOptions.__dataclass_fields__
+    known = options.__dataclass_fields__
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise UserError(f"unknown WeCLIP model option(s): {', '.join(unknown)}")
+        raise UserError(f"unknown {method} model option(s): {', '.join(unknown)}")
     if meta.get("model"):
         base = {k: v for k, v in meta["model"].items() if k in known}
     else:
         base = {"dataset": {21: "voc12", 81: "coco14"}.get(num_classes, "custom")}
     if "dataset" in given and given["dataset"] != base.get("dataset"):
-        for derived in ("late_blocks", "box_threshold"):
-            base.pop(derived, None)
-    return ModelOptions(**{**base, **given}).resolved()
+        for name in derived:
+            base.pop(name, None)
+    return options(**{**base, **given}).resolved()
 
 
 def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> LoadedWeCLIP:
@@ -196,8 +202,9 @@ def mask_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, classes: lis
     return step.images[0].label.cpu().numpy().astype(np.uint8)
 
 
-def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
-    """Predictions of a trained WeCLIP for a folder of images (or the ids of SPLIT)."""
+def prediction_paths(opts, echo: Callable[[str], None]) -> tuple[Path, list, dict, Path]:
+    """``(image folder, [(id, path)], failures, output folder)`` of a ``predict-*`` command, checked
+    before any model is loaded."""
     images = Path(opts.images or (Path(opts.data_root) / "JPEGImages" if opts.data_root else "")).expanduser()
     if not opts.images and not opts.data_root:
         raise UserError("give IMAGES: the folder of images to predict")
@@ -220,14 +227,19 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
                        if p.suffix in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not paths and not failures:
         raise UserError(f"no images in {images}")
-    loaded = load_weclip(opts, echo)
+    return images, paths, failures, folder
+
+
+def predict_images(loaded, opts, echo: Callable[[str], None], name: str, method: str, images: Path, paths: list,
+                   failures: dict, folder: Path) -> RunSummary:
+    """The loop of a ``predict-*`` command: multi-scale + flip logits of ``loaded.model``
+    (``predict_logits``), then the CRF in ``opts.jobs`` processes, palette PNGs in ``folder``."""
     device = next(loaded.model.decoder.parameters()).device
-    header = {"command": manifest.command_line(), "method": "weclip",
+    header = {"command": manifest.command_line(), "method": method,
               "input": {"checkpoint": str(opts.checkpoint), "images": str(images)},
               "classes": loaded.classes, "format": maskstore.MASKS_FORMAT,
               "options": {"crf": opts.crf, "long_side": opts.long_side, "scales": list(opts.scales), "flip": opts.flip}}
     identity = {**loaded.identity, **header["options"]}
-
     jobs = opts.jobs or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
 
     def one(image_id, path):
@@ -250,18 +262,30 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
             out[i] = label
         return out
 
-    return run_mask_loop(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo,
-                         "predict-weclip", chunk=2 * jobs if opts.crf and jobs > 1 else 1,
-                         finish=finish if opts.crf else None, failures=failures)
+    return run_mask_loop(paths, folder, maskstore.PREDICTIONS_STAGE, header, identity, opts, one, echo, name,
+                         chunk=2 * jobs if opts.crf and jobs > 1 else 1, finish=finish if opts.crf else None,
+                         failures=failures)
 
 
-def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
-    """WeCLIP pseudo masks of a dataset split into ``<OUT>/masks`` (OUT defaults to WORK)."""
+def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
+    """Predictions of a trained WeCLIP for a folder of images (or the ids of SPLIT)."""
+    images, paths, failures, folder = prediction_paths(opts, echo)
+    loaded = load_weclip(opts, echo)
+    return predict_images(loaded, opts, echo, "predict-weclip", "weclip", images, paths, failures, folder)
+
+
+def masks_of_split(loaded, opts, echo: Callable[[str], None], name: str, method: str, mask, order: str
+                   ) -> RunSummary:
+    """The loop of a ``masks-*`` command: ``mask(rgb, image, classes)`` of every image of the split
+    at its own size into ``<OUT>/masks`` (OUT defaults to WORK).
+
+    Args:
+        order: the classes of an image as ``ascending`` or in the label ``source``'s order (VOC: XML).
+    """
     if opts.data_root is None or opts.split is None:
         raise UserError("give DATA_ROOT and SPLIT: the images and their image-level labels")
     if opts.out is None and opts.work is None:
         raise UserError("give WORK (masks go to WORK/masks) or OUT")
-    loaded = load_weclip(opts, echo)
     classes, _ = prompt_lists(loaded.options)
     dataset = open_dataset(loaded.options.dataset, opts.data_root, opts.split, classes, opts.labels_file,
                            opts.images_dir)
@@ -270,7 +294,7 @@ def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSum
     out = Path(opts.out or opts.work).expanduser()
     folder = out / maskstore.MASKS_STAGE
     device = next(loaded.model.decoder.parameters()).device
-    header = {"command": manifest.command_line(), "method": "weclip",
+    header = {"command": manifest.command_line(), "method": method,
               "input": {"checkpoint": str(opts.checkpoint), "dataset": loaded.options.dataset,
                         "data_root": str(Path(opts.data_root).expanduser().resolve()),
                         "images": str(dataset.image_dir.resolve())},
@@ -281,10 +305,22 @@ def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSum
 
     def one(image_id):
         path = dataset.image_path(image_id)
-        keys = sorted(dataset.labels(image_id))
+        labels = list(dataset.labels(image_id))
         rgb, image = _image_tensor(path, device)
         _check_size(rgb, opts.long_side, (1.0,), path)
-        return mask_image(loaded.model, rgb, image, keys, opts.long_side)
+        return mask(rgb, image, sorted(labels) if order == "ascending" else labels)
 
     return run_mask_loop([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
-                "masks-weclip")
+                         name)
+
+
+def run_masks(opts: InferOptions, echo: Callable[[str], None] = print) -> RunSummary:
+    """WeCLIP pseudo masks of a dataset split into ``<OUT>/masks`` (OUT defaults to WORK)."""
+    if opts.data_root is None or opts.split is None:
+        raise UserError("give DATA_ROOT and SPLIT: the images and their image-level labels")
+    if opts.out is None and opts.work is None:
+        raise UserError("give WORK (masks go to WORK/masks) or OUT")
+    loaded = load_weclip(opts, echo)
+    return masks_of_split(loaded, opts, echo, "masks-weclip", "weclip",
+                          lambda rgb, image, classes: mask_image(loaded.model, rgb, image, classes, opts.long_side),
+                          "ascending")
