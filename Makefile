@@ -1,6 +1,7 @@
 # clipes — every target installs what it needs first (into .venv) and runs from this folder.
 #   make demo            the whole pipeline on the generated demo set with the bundled demo CLIP
 #   make demo-model      retrain the bundled demo CLIP (about 13 minutes on 2 cores)
+#   make demo-dino       retrain the bundled demo DINOv2 from the demo CLIP (about 15 minutes on 2 cores)
 #   make test            the test suite (CPU, minutes)
 #   make prepare-voc VOC=<VOC2012 folder> [SBD=<SBD dataset folder>]   check the tree; with SBD add train_aug
 #   make prepare-coco ANNOTATIONS=<instances_*.json> IMAGES=<image folder> [OUT=..]   split file + GT PNGs
@@ -38,9 +39,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip train-weclipplus predict-weclipplus masks-weclipplus bench-weclipplus bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
+.PHONY: install test demo demo-model demo-dino viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip train-weclipplus predict-weclipplus masks-weclipplus bench-weclipplus bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
 help:
-	@sed -n '2,25p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,26p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -71,6 +72,10 @@ demo: install
 # Retrains the bundled demo CLIP (demo/clip_demo_vit16.pt); see demo/README.md for its time.
 demo-model: install
 	$(CLIPES) demo-model $(ARGS)
+
+# Retrains the bundled demo DINOv2 (demo/dino_demo_vit14.pth), distilled from the demo CLIP.
+demo-dino: install
+	$(CLIPES) demo-dino $(ARGS)
 
 prepare-voc: install
 	$(CLIPES) prepare-voc $(call opt,--voc,$(VOC)) $(call opt,--sbd,$(SBD)) $(ARGS)

@@ -151,6 +151,16 @@ def method_folders(work: Path) -> dict[str, Path]:
     return found
 
 
+def method_backbones(methods: dict[str, Path]) -> dict[str, dict]:
+    """``{tile title: {"clip": ..., "dino": ...}}``: the backbones each method folder's manifest names."""
+    out = {}
+    for title, folder in methods.items():
+        used = (manifest.read_manifest(folder) or {}).get("backbones")
+        if used:
+            out[title] = dict(used)
+    return out
+
+
 def _font():
     try:
         return ImageFont.load_default(size=12)
@@ -453,6 +463,11 @@ def report_html(entries: list[dict], folder: WorkFolder, key: str) -> str:
     scored = any(e[key] is not None for e in entries)
     sorting = f"worst first by {order}" if scored else "in id order (no ground truth to score against)"
     stages = ", ".join(folder.stages)
+    backbones = "".join(
+        f"<li>{html.escape(title)}: " + html.escape("; ".join(f"{k.upper() if k == 'clip' else 'DINOv2' if k == 'dino' else k} "
+                                                             f"{v}" for k, v in used.items())) + "</li>"
+        for title, used in method_backbones(folder.methods).items())
+    backbones = f"<p>Models used by the other methods:</p><ul>{backbones}</ul>" if backbones else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>clipes: {html.escape(str(folder.work))}</title>
 <style>
@@ -468,6 +483,7 @@ body {{ font-family: sans-serif; margin: 16px; background: #f4f4f4; }}
 <h1>clipes report</h1>
 <p>Work folder <code>{html.escape(str(folder.work))}</code>; stages: {html.escape(stages)}.
 {len(entries)} images, {sorting}. Click a card for its panel.</p>
+{backbones}
 <label>class <select id="filter"><option value="">all</option>{options}</select></label>
 <span id="shown"></span>
 <div class="grid" id="grid">

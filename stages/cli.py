@@ -66,7 +66,7 @@ def _register():
 
     for command in (cams.cams, refine.refine, evaluate.evaluate, interop.export_npy, interop.import_npy,
                     segment.train_seg, segment.test_seg, segment.predict, demo.demo, demo.demo_data,
-                    demo.demo_model, select_prompts.select_prompts, viz.viz, viz.show, prepare.prepare_voc,
+                    demo.demo_model, demo.demo_dino, select_prompts.select_prompts, viz.viz, viz.show, prepare.prepare_voc,
                     prepare.prepare_coco, weclip.train_weclip, weclip.predict_weclip,
                     weclip.masks_weclip, weakclip.train_weakclip, weakclip.masks_weakclip,
                     weclip_plus.train_weclipplus, weclip_plus.predict_weclipplus, weclip_plus.masks_weclipplus):

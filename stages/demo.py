@@ -11,12 +11,14 @@ from stages.common import PATH, only_set
 
 _REPO = Path(__file__).resolve().parents[1]
 DEMO_CLIP = _REPO / "demo" / "clip_demo_vit16.pt"
+DEMO_DINO = _REPO / "demo" / "dino_demo_vit14.pth"
 TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
 
 
 @click.command("demo")
 @click.option("--work", type=PATH, default=Path("work/demo"), show_default=True, help="Work folder.")
 @click.option("--clip", type=PATH, help=f"Demo CLIP checkpoint [{DEMO_CLIP.relative_to(_REPO)}].")
+@click.option("--dino", type=PATH, help=f"Demo DINOv2 checkpoint (WeCLIP+) [{DEMO_DINO.relative_to(_REPO)}].")
 @click.option("--seg-config", type=PATH, help=f"Segmenter config [{TINY_CONFIG.relative_to(_REPO)}].")
 @click.option("--train", type=int, help="Training scenes [240].")
 @click.option("--val", type=int, help="Held-out scenes [60].")
@@ -27,15 +29,16 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
               help="CAA's Sinkhorn rounds [0: the demo CLIP's last-block attention as it is; 3 suits ViT-B/16].")
 @click.option("--affinity-power", type=int, help="CAA's matrix power of the affinity [1; 2 suits ViT-B/16].")
 @click.option("--weclip-iters", type=int, help="WeCLIP decoder iterations [50]; 0 skips the WeCLIP row.")
+@click.option("--weclipplus-iters", type=int, help="WeCLIP+ iterations [50]; 0 skips the WeCLIP+ row.")
 @click.option("--weakclip-iters", type=int, help="WeakCLIP iterations [200]; 0 skips the WeakCLIP row.")
 @click.option("--jobs", type=int, help="CRF worker processes [2].")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on].")
-def demo(work, clip, seg_config, **options):
-    """Run cams -> refine -> train-seg -> predict -> eval -> viz on the generated demo dataset."""
+def demo(work, clip, dino, seg_config, **options):
+    """Run cams -> refine -> train-seg -> predict -> eval -> viz, then WeCLIP, WeCLIP+ and WeakCLIP, on the demo set."""
     from clipes.demo.pipeline import DemoOptions, run_demo
 
-    run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, seg_config=seg_config or TINY_CONFIG,
-                         **only_set(**options)), echo=click.echo)
+    run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, dino=dino or DEMO_DINO,
+                         seg_config=seg_config or TINY_CONFIG, **only_set(**options)), echo=click.echo)
 
 
 @click.command("demo-data")
@@ -64,3 +67,17 @@ def demo_model(out, **options):
 
     summary = train_demo_clip(out, TrainOptions(**only_set(**options)), echo=click.echo)
     click.echo("demo-model: " + json.dumps({k: summary[k] for k in ("final_loss", "probe_accuracy", "seconds")}))
+
+
+@click.command("demo-dino")
+@click.option("--out", type=PATH, default=DEMO_DINO, show_default=True, help="Where to write the checkpoint.")
+@click.option("--clip", type=PATH, default=DEMO_CLIP, show_default=True, help="The teacher: the demo CLIP.")
+@click.option("--steps", type=int, help="Optimiser steps [400].")
+@click.option("--batch-size", type=int, help="Scenes per step [32].")
+@click.option("--threads", type=int, help="torch CPU threads [torch's default].")
+def demo_dino(out, clip, **options):
+    """Distil the demo DINOv2 (WeCLIP+'s second backbone) from the demo CLIP on generated scenes (resumable)."""
+    from clipes.demo.demo_dino import TrainOptions, train_demo_dino
+
+    summary = train_demo_dino(out, clip, TrainOptions(**only_set(**options)), echo=click.echo)
+    click.echo("demo-dino: " + json.dumps({k: summary[k] for k in ("final_loss", "held_out_cosine", "seconds")}))

@@ -90,6 +90,7 @@ class LoadedWeCLIP:
     classes: list[str]
     options: ModelOptions
     identity: dict = field(default_factory=dict)
+    backbones: dict = field(default_factory=dict)  # {"clip": ...}: what output manifests and the report name
 
 
 def recorded_options(meta: dict, num_classes: int, given: dict, options=ModelOptions,
@@ -155,7 +156,7 @@ def load_weclip(opts: InferOptions, echo: Callable[[str], None] = print) -> Load
     model = model.to(device).eval()
     identity = {"checkpoint": file_sha256(Path(opts.checkpoint).expanduser()), "checkpoint_kind": kind,
                 "clip_sha256": loaded.sha256, "model": model_opts.plain()}
-    return LoadedWeCLIP(model, list(classes.names), model_opts, identity)
+    return LoadedWeCLIP(model, list(classes.names), model_opts, identity, {"clip": str(loaded.path)})
 
 
 def _image_tensor(path: Path, device) -> tuple[np.ndarray, torch.Tensor]:
@@ -237,7 +238,7 @@ def predict_images(loaded, opts, echo: Callable[[str], None], name: str, method:
     device = next(loaded.model.decoder.parameters()).device
     header = {"command": manifest.command_line(), "method": method,
               "input": {"checkpoint": str(opts.checkpoint), "images": str(images)},
-              "classes": loaded.classes, "format": maskstore.MASKS_FORMAT,
+              "backbones": loaded.backbones, "classes": loaded.classes, "format": maskstore.MASKS_FORMAT,
               "options": {"crf": opts.crf, "long_side": opts.long_side, "scales": list(opts.scales), "flip": opts.flip}}
     identity = {**loaded.identity, **header["options"]}
     jobs = opts.jobs or (min(8, os.cpu_count() or 1) if device.type == "cuda" else 1)
@@ -298,7 +299,7 @@ def masks_of_split(loaded, opts, echo: Callable[[str], None], name: str, method:
               "input": {"checkpoint": str(opts.checkpoint), "dataset": loaded.options.dataset,
                         "data_root": str(Path(opts.data_root).expanduser().resolve()),
                         "images": str(dataset.image_dir.resolve())},
-              "classes": loaded.classes, "format": {**maskstore.MASKS_FORMAT,
+              "backbones": loaded.backbones, "classes": loaded.classes, "format": {**maskstore.MASKS_FORMAT,
                                                     "values": "0 background, c+1 class c; no ignore value"},
               "options": {"long_side": opts.long_side, "phase": "late"}}
     identity = {**loaded.identity, **header["options"]}

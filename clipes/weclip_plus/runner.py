@@ -61,6 +61,7 @@ class LoadedWeCLIPPlus:
     classes: list[str]
     options: ModelOptions
     identity: dict = field(default_factory=dict)
+    backbones: dict = field(default_factory=dict)  # {"clip": ..., "dino": ...}: named in manifests and the report
 
 
 def load_weclip_plus(opts: InferOptions, echo: Callable[[str], None] = print) -> LoadedWeCLIPPlus:
@@ -107,7 +108,8 @@ def load_weclip_plus(opts: InferOptions, echo: Callable[[str], None] = print) ->
     model = model.to(device).eval()
     identity = {"checkpoint": file_sha256(Path(opts.checkpoint).expanduser()), "checkpoint_kind": kind,
                 "clip_sha256": loaded.sha256, "dino_sha256": dino.sha256, "model": model_opts.plain()}
-    return LoadedWeCLIPPlus(model, list(classes.names), model_opts, identity)
+    return LoadedWeCLIPPlus(model, list(classes.names), model_opts, identity,
+                            {"clip": str(loaded.path), "dino": dino.describe()})
 
 
 def mask_image(model: WeCLIPPlus, rgb: np.ndarray, image: torch.Tensor, classes: list[int], long_side: int = 512
