@@ -180,9 +180,9 @@ def image_logits(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: Infe
     return F.interpolate(logits, size=(h0, w0), mode="bilinear", align_corners=False)[0]
 
 
-def crf_label(rgb: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Argmax of the spec's dense CRF on the plain RGB image: ``[H, W]`` uint8."""
-    return dense_crf(np.array(rgb, dtype=np.uint8, order="C"), probs, PREDICT_CRF).argmax(axis=0).astype(np.uint8)
+def crf_label(rgb: np.ndarray, probs: np.ndarray, params: CrfParams = PREDICT_CRF) -> np.ndarray:
+    """Argmax of the spec's dense CRF (``params``: another method's) on the plain RGB image: ``[H, W]`` uint8."""
+    return dense_crf(np.array(rgb, dtype=np.uint8, order="C"), probs, params).argmax(axis=0).astype(np.uint8)
 
 
 def predict_image(model: WeCLIP, rgb: np.ndarray, image: torch.Tensor, opts: InferOptions) -> np.ndarray:
@@ -232,9 +232,11 @@ def prediction_paths(opts, echo: Callable[[str], None]) -> tuple[Path, list, dic
 
 
 def predict_images(loaded, opts, echo: Callable[[str], None], name: str, method: str, images: Path, paths: list,
-                   failures: dict, folder: Path) -> RunSummary:
+                   failures: dict, folder: Path, crf_params: CrfParams = PREDICT_CRF, square: bool = False
+                   ) -> RunSummary:
     """The loop of a ``predict-*`` command: multi-scale + flip logits of ``loaded.model``
-    (``predict_logits``), then the CRF in ``opts.jobs`` processes, palette PNGs in ``folder``."""
+    (``predict_logits``), then the CRF (``crf_params``) in ``opts.jobs`` processes, palette PNGs in
+    ``folder``. ``square``: the model resizes every image to a square (no size check needed)."""
     device = next(loaded.model.decoder.parameters()).device
     header = {"command": manifest.command_line(), "method": method,
               "input": {"checkpoint": str(opts.checkpoint), "images": str(images)},
@@ -245,7 +247,8 @@ def predict_images(loaded, opts, echo: Callable[[str], None], name: str, method:
 
     def one(image_id, path):
         rgb, image = _image_tensor(path, device)
-        _check_size(rgb, opts.long_side, opts.scales, path)
+        if not square:
+            _check_size(rgb, opts.long_side, opts.scales, path)
         logits = image_logits(loaded.model, rgb, image, opts)
         if not opts.crf:
             return logits.argmax(dim=0).cpu().numpy().astype(np.uint8)
@@ -256,9 +259,9 @@ def predict_images(loaded, opts, echo: Callable[[str], None], name: str, method:
         if jobs > 1 and len(todo) > 1:
             from joblib import Parallel, delayed
 
-            labels = Parallel(n_jobs=min(jobs, len(todo)))(delayed(crf_label)(*out[i]) for i in todo)
+            labels = Parallel(n_jobs=min(jobs, len(todo)))(delayed(crf_label)(*out[i], crf_params) for i in todo)
         else:
-            labels = [crf_label(*out[i]) for i in todo]
+            labels = [crf_label(*out[i], crf_params) for i in todo]
         for i, label in zip(todo, labels):
             out[i] = label
         return out
@@ -275,13 +278,15 @@ def run_predict(opts: InferOptions, echo: Callable[[str], None] = print) -> RunS
     return predict_images(loaded, opts, echo, "predict-weclip", "weclip", images, paths, failures, folder)
 
 
-def masks_of_split(loaded, opts, echo: Callable[[str], None], name: str, method: str, mask, order: str
-                   ) -> RunSummary:
+def masks_of_split(loaded, opts, echo: Callable[[str], None], name: str, method: str, mask, order: str,
+                   options: dict | None = None, square: bool = False) -> RunSummary:
     """The loop of a ``masks-*`` command: ``mask(rgb, image, classes)`` of every image of the split
     at its own size into ``<OUT>/masks`` (OUT defaults to WORK).
 
     Args:
         order: the classes of an image as ``ascending`` or in the label ``source``'s order (VOC: XML).
+        options: what the manifest records as the run's options [WeCLIP's: long side, late phase].
+        square: the model resizes every image to a square (no size check needed).
     """
     if opts.data_root is None or opts.split is None:
         raise UserError("give DATA_ROOT and SPLIT: the images and their image-level labels")
@@ -301,14 +306,15 @@ def masks_of_split(loaded, opts, echo: Callable[[str], None], name: str, method:
                         "images": str(dataset.image_dir.resolve())},
               "backbones": loaded.backbones, "classes": loaded.classes, "format": {**maskstore.MASKS_FORMAT,
                                                     "values": "0 background, c+1 class c; no ignore value"},
-              "options": {"long_side": opts.long_side, "phase": "late"}}
+              "options": options or {"long_side": opts.long_side, "phase": "late"}}
     identity = {**loaded.identity, **header["options"]}
 
     def one(image_id):
         path = dataset.image_path(image_id)
         labels = list(dataset.labels(image_id))
         rgb, image = _image_tensor(path, device)
-        _check_size(rgb, opts.long_side, (1.0,), path)
+        if not square:
+            _check_size(rgb, opts.long_side, (1.0,), path)
         return mask(rgb, image, sorted(labels) if order == "ascending" else labels)
 
     return run_mask_loop([(i,) for i in dataset.ids], folder, maskstore.MASKS_STAGE, header, identity, opts, one, echo,
