@@ -53,6 +53,7 @@ def _register():
         cams,
         demo,
         evaluate,
+        excel,
         interop,
         prepare,
         refine,
@@ -69,7 +70,8 @@ def _register():
                     demo.demo_model, demo.demo_dino, select_prompts.select_prompts, viz.viz, viz.show, prepare.prepare_voc,
                     prepare.prepare_coco, weclip.train_weclip, weclip.predict_weclip,
                     weclip.masks_weclip, weakclip.train_weakclip, weakclip.masks_weakclip,
-                    weclip_plus.train_weclipplus, weclip_plus.predict_weclipplus, weclip_plus.masks_weclipplus):
+                    weclip_plus.train_weclipplus, weclip_plus.predict_weclipplus, weclip_plus.masks_weclipplus,
+                    excel.train_excel, excel.predict_excel, excel.masks_excel, excel.cams_excel):
         main.add_command(command)
 
 

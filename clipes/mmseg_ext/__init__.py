@@ -19,6 +19,6 @@ prepare()
 
 from mmseg.registry import MODELS  # noqa: E402
 
-from clipes.mmseg_ext import data, heads, hooks, losses, resume, weakclip, weclip, weclip_plus  # noqa: E402,F401
+from clipes.mmseg_ext import data, excel, heads, hooks, losses, resume, weakclip, weclip, weclip_plus  # noqa: E402,F401
 
 MODELS.register_module(module=losses.ConfidenceCrossEntropyLoss)
