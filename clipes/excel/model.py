@@ -22,12 +22,13 @@ from torch import nn
 
 from clipes.excel import losses as excel_losses
 from clipes.excel.decoder import excel_affinity
-from clipes.excel.surgery import SurgeryCLIP, SurgeryPass, feature_surgery, lvc_attention
+from clipes.excel.surgery import SurgeryCLIP, SurgeryPass, feature_surgery, lvc_attention, lvc_map
 from clipes.weclip import losses as weclip_losses
 from clipes.weclip import rfm
 from clipes.weclip.tower import IMAGENET_MEAN, IMAGENET_STD
 
 ATTN_LAYERS = 6  # the refinement's candidate maps: blocks 7..12 (spec 5.2)
+LVC_PASSES = ("incremental", "full")
 BOX_THRESHOLD = {"voc12": 0.79, "coco14": 0.88, "custom": 0.79}
 SIZE = 320
 SCALES = (0.7, 1.0, 1.2, 1.5)
@@ -72,7 +73,7 @@ class StepOutput:
     fused: torch.Tensor  # [B, E, h, w]
     logits: torch.Tensor  # [B, K+1, h, w]
     affinity: torch.Tensor  # [B, N, N], with gradient
-    static_cams: torch.Tensor  # [B, N, C]
+    static_cams: torch.Tensor | None  # [B, N, C] (static phase)
     dynamic_cams: torch.Tensor | None  # [B, N, C] (dynamic phase)
     labels: torch.Tensor | None  # [B, H, W] online pseudo labels (crop size)
     images: list[ImageStep] = field(default_factory=list)
@@ -109,12 +110,18 @@ class ExCEL(nn.Module):
         attn_layers: maps the refinement uses [6].
         box_threshold: the CAM box threshold [VOC 0.79, COCO 0.88].
         fifth: inference averages the scales at a fifth of the image size (COCO's script).
+        lvc_pass: the dynamic CAM's second forward: ``incremental`` (the first forward's values and
+            new path plus the LVC terms; the same function) or ``full`` (the reference's whole
+            second forward).
     """
 
     def __init__(self, visual: nn.Module, text: torch.Tensor | None, classes: int, decoder: nn.Module | None,
                  mode: str = "train", crop: int = SIZE, attn_layers: int = ATTN_LAYERS, box_threshold: float = 0.79,
-                 fifth: bool = False):
+                 fifth: bool = False, lvc_pass: str = "incremental"):
         super().__init__()
+        if lvc_pass not in LVC_PASSES:
+            raise ValueError(f"lvc_pass must be one of {LVC_PASSES}, not {lvc_pass!r}")
+        self.lvc_pass = lvc_pass
         self.clip = SurgeryCLIP(visual, mode, crop)
         config = decoder.config if decoder is not None else {"branches": self.clip.num_layers,
                                                                "clip_width": self.clip.width}
@@ -136,19 +143,31 @@ class ExCEL(nn.Module):
 
     def cams(self, surgery: SurgeryPass) -> torch.Tensor:
         """The patch-text CAM of a surgery pass: ``[B, N, C]`` in [0, 1]."""
-        if self.text is None:
-            raise ValueError("this ExCEL model was built without text features (no attribute bank)")
-        return feature_surgery(surgery.image_features, self.text, self.classes)
+        return feature_surgery(surgery.image_features, self._text(), self.classes)
 
     def decode(self, surgery: SurgeryPass) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(fused [B, E, h, w], logits [B, K+1, h, w], A_f [B, N, N])`` of a surgery pass."""
         fused = self.decoder.decoder_fts_fuse(surgery.patch_maps())
         return fused, self.decoder.decoder(fused), excel_affinity(fused)
 
-    def dynamic_cams(self, images: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """The LVC second forward's CAM (spec 7): ``[B, N, C]``."""
-        lvc = lvc_attention(fused.detach(), self.clip.heads)
-        return self.cams(self.clip(images, lvc))
+    def dynamic_cams(self, images: torch.Tensor, fused: torch.Tensor, surgery: SurgeryPass | None = None
+                     ) -> torch.Tensor:
+        """The LVC second forward's CAM (spec 7): ``[B, N, C]``.
+
+        Args:
+            images: the batch (used by the ``full`` pass).
+            fused: ``[B, E, h, w]`` the fused features of the same batch.
+            surgery: the first forward of the batch (the ``incremental`` pass builds on it).
+        """
+        if self.lvc_pass == "incremental" and surgery is not None and surgery.values:
+            tokens = self.clip.calibrated(surgery, lvc_map(fused.detach()))
+            return feature_surgery(tokens, self._text(), self.classes)
+        return self.cams(self.clip(images, lvc_attention(fused.detach(), self.clip.heads)))
+
+    def _text(self) -> torch.Tensor:
+        if self.text is None:
+            raise ValueError("this ExCEL model was built without text features (no attribute bank)")
+        return self.text
 
     def refine(self, cams: torch.Tensor, attention: torch.Tensor, affinity: torch.Tensor | None,
                threshold: float | None = None) -> tuple[rfm.RfmAttention, torch.Tensor]:
@@ -183,8 +202,8 @@ class ExCEL(nn.Module):
         """
         surgery = self.clip(images)
         fused, logits, affinity = self.decode(surgery)
-        static = self.cams(surgery)
-        used = self.dynamic_cams(images, fused) if dynamic else static
+        static = None if dynamic else self.cams(surgery)  # the dynamic phase refines the dynamic CAM only
+        used = self.dynamic_cams(images, fused, surgery) if dynamic else static
         out = []
         refined = []
         for i, keys in enumerate(classes):
@@ -288,18 +307,18 @@ class ExCEL(nn.Module):
             ``(scores [K+1, H, W], ImageStep)``.
         """
         x = F.interpolate(image, size=[size, size], mode="bilinear", align_corners=False)
-        surgery = self.clip(x)
-        _, _, affinity = self.decode(surgery)
         pair = torch.cat([x, x.flip(-1)], dim=0)
-        fused_pair = self.decoder.decoder_fts_fuse(self.clip(pair).patch_maps())
-        h, w = surgery.grid
-        lam = self.dynamic_cams(pair, fused_pair).permute(0, 2, 1).reshape(2, -1, h, w)
+        pair_pass = self.clip(pair)  # the CLIP and the fusion head work per image: x's own pass is row 0
+        fused_pair = self.decoder.decoder_fts_fuse(pair_pass.patch_maps())
+        affinity = excel_affinity(fused_pair[:1])  # A_f of x alone (its batch mean is x's own)
+        h, w = pair_pass.grid
+        lam = self.dynamic_cams(pair, fused_pair, pair_pass).permute(0, 2, 1).reshape(2, -1, h, w)
         lam = torch.max(lam[:1], lam[1:].flip(-1))
         lam = lam + F.adaptive_max_pool2d(-lam, (1, 1))
         lam /= F.adaptive_max_pool2d(lam, (1, 1)) + 1e-5
         cams = lam.reshape(1, -1, h * w).permute(0, 2, 1)[0]
-        maps = class_maps(cams, classes, surgery.grid)
-        agg, refined = self.refine(maps, surgery.attention[:, 0], affinity[0])
+        maps = class_maps(cams, classes, pair_pass.grid)
+        agg, refined = self.refine(maps, pair_pass.attention[:, 0], affinity[0])
         scores = rfm.label_scores(refined, x[0], label_size)
         return scores, ImageStep(classes, maps, agg, refined, rfm.pseudo_label(scores, classes))
 

@@ -33,6 +33,8 @@ class ModelOptions:
         layers: decoder blocks [3].
         attn_layers: attention maps the refinement uses [6: blocks 7..12].
         box_threshold: CAM box threshold [VOC 0.79, COCO 0.88].
+        lvc_pass: the dynamic CAM's second forward, ``incremental`` (from the first forward's
+            values; the same function, a fraction of the work) or ``full`` (the reference's) [incremental].
     """
 
     dataset: str = "voc12"
@@ -46,6 +48,7 @@ class ModelOptions:
     layers: int = 3
     attn_layers: int = ATTN_LAYERS
     box_threshold: float | None = None
+    lvc_pass: str = "incremental"
 
     def resolved(self) -> "ModelOptions":
         out = ModelOptions(**asdict(self))
@@ -61,7 +64,8 @@ class ModelOptions:
     def model_kwargs(self) -> dict:
         """:class:`~clipes.excel.model.ExCEL` keyword arguments."""
         r = self.resolved()
-        return dict(attn_layers=r.attn_layers, box_threshold=r.box_threshold, fifth=r.dataset == "coco14")
+        return dict(attn_layers=r.attn_layers, box_threshold=r.box_threshold, fifth=r.dataset == "coco14",
+                    lvc_pass=r.lvc_pass)
 
 
 @dataclass

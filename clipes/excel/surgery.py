@@ -40,12 +40,16 @@ class SurgeryPass:
             (surgery blocks), of the original path.
         features: ``[blocks, B, L, C]`` the twelve maps for the decoder (reference semantics).
         grid: ``(h, w)``.
+        new_path: ``[B, L, C]`` the final new path (CLS from the original path), before ``ln_post``.
+        values: per surgery block its values ``[B, heads, L, C / heads]`` (what the LVC pass reuses).
     """
 
     image_features: torch.Tensor
     attention: torch.Tensor
     features: torch.Tensor
     grid: tuple[int, int]
+    new_path: torch.Tensor | None = None
+    values: list[torch.Tensor] | None = None
 
     def patch_maps(self) -> torch.Tensor:
         """The decoder's inputs ``[blocks, B, C, h, w]`` (CLS dropped), laid out as the reference's."""
@@ -63,23 +67,28 @@ def _resize_table(table: torch.Tensor, side: int, new_side: int) -> torch.Tensor
     return torch.cat([table[:1, :], grid[0]], 0)
 
 
-def lvc_attention(features: torch.Tensor, heads: int, beta: float = 1.0, gamma: float = 3.0) -> torch.Tensor:
+def lvc_map(features: torch.Tensor, beta: float = 1.0, gamma: float = 3.0) -> torch.Tensor:
     """The learnable visual calibration's map ``G`` (spec 7) of the decoder's fused features.
 
     ``S = 3 (cos - mean)`` with the mean over the **whole batch tensor** (quirk), negative entries
-    masked, softmax over the last axis, repeated per head.
+    masked, softmax over the last axis.
 
     Args:
         features: ``[B, E, h, w]`` fused features (detached).
 
     Returns:
-        ``[B, heads, N, N]``.
+        ``[B, N, N]``.
     """
     q = F.normalize(features.flatten(2, 3), dim=1)
     similarity = torch.einsum("b c m, b c n -> b m n", q, q)
     similarity = (similarity - torch.mean(similarity) * beta) * gamma
     similarity[similarity < 0.0] = float("-inf")
-    return F.softmax(similarity.unsqueeze(1).repeat(1, heads, 1, 1), dim=-1)
+    return F.softmax(similarity, dim=-1)
+
+
+def lvc_attention(features: torch.Tensor, heads: int, beta: float = 1.0, gamma: float = 3.0) -> torch.Tensor:
+    """:func:`lvc_map` repeated per head, as the reference adds it: ``[B, heads, N, N]``."""
+    return lvc_map(features, beta, gamma).unsqueeze(1).repeat(1, heads, 1, 1)
 
 
 class SurgeryCLIP(nn.Module):
@@ -139,7 +148,7 @@ class SurgeryCLIP(nn.Module):
                       dim=1)
         x = x + self.positional(x.shape[1]).to(x.dtype)
         x = visual.ln_pre(x).permute(1, 0, 2)  # [L, B, C]
-        attention, features = [], []
+        attention, features, values = [], [], []
         first_surgery = self.num_layers - SURGERY_BLOCKS
         x_ori = None
         for index, block in enumerate(self.blocks):
@@ -151,7 +160,8 @@ class SurgeryCLIP(nn.Module):
                 features.append(x.permute(1, 0, 2))
             else:
                 source = x if x_ori is None else x_ori
-                x_res, x_ori_res, attn = self._surgery_attention(block, block.ln_1(source), lvc)
+                x_res, x_ori_res, attn, v = self._surgery_attention(block, block.ln_1(source), lvc)
+                values.append(v)
                 if x_ori is None:
                     x_ori = x + x_ori_res
                 else:
@@ -161,12 +171,46 @@ class SurgeryCLIP(nn.Module):
                 features.append(x_ori.permute(1, 0, 2))
             attention.append(attn)
         x[0, :, :] = x_ori[0, :, :]  # CLS of the original path (also in the 7th map, as the reference)
-        tokens = visual.ln_post(x.permute(1, 0, 2)) @ visual.proj  # [B, L, D]
-        tokens = tokens / tokens.norm(dim=1, keepdim=True)  # over the token axis (quirk)
-        return SurgeryPass(tokens, torch.stack(attention, dim=0), torch.stack(features, dim=0), (h, w))
+        new_path = x.permute(1, 0, 2)  # [B, L, C]
+        return SurgeryPass(self.project(new_path), torch.stack(attention, dim=0), torch.stack(features, dim=0), (h, w),
+                           new_path, values)
+
+    def project(self, new_path: torch.Tensor) -> torch.Tensor:
+        """Image tokens of a new path ``[B, L, C]``: ``ln_post(x) @ proj``, L2-normalised over the
+        **token** axis (quirk): ``[B, L, D]``."""
+        tokens = self.visual.ln_post(new_path) @ self.visual.proj
+        return tokens / tokens.norm(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def calibrated(self, surgery: SurgeryPass, lvc: torch.Tensor) -> torch.Tensor:
+        """The image tokens of the LVC second forward, from the first one's values (spec 7).
+
+        The LVC map only enters the new path, which is a plain sum of the surgery blocks' residuals
+        (no LayerNorm, no MLP), and it enters each block linearly: ``Sigma' = Sigma + heads G`` on the
+        patch block. So the second forward's new path is the first one's plus, per surgery block,
+        ``W_o concat_h(heads G v_h)`` on the patch rows; blocks 1..7, the original path and the
+        attention are unchanged. The same function as the reference's whole second forward, in a
+        fraction of its work; the last bits differ (summation order), within the goldens' tolerance.
+
+        Args:
+            surgery: the first forward.
+            lvc: ``[B, N, N]`` from :func:`lvc_map`.
+
+        Returns:
+            ``[B, L, D]`` image tokens.
+        """
+        x = surgery.new_path.clone()
+        heads = self.heads
+        first = self.num_layers - SURGERY_BLOCKS
+        for block, v in zip(list(self.blocks)[first:], surgery.values):
+            b, _, n, d = v.shape
+            mixed = heads * (lvc @ v[:, :, 1:].transpose(1, 2).reshape(b, n - 1, heads * d))  # [B, N, C]
+            x[:, 1:] += F.linear(mixed, block.attn.out_proj.weight)
+        return self.project(x)
 
     def _surgery_attention(self, block: nn.Module, x: torch.Tensor, lvc: torch.Tensor | None):
-        """``(new-path residual, original residual [L, B, C], head-summed attention [B, L, L])``."""
+        """``(new-path residual, original residual [L, B, C], head-summed attention [B, L, L],
+        values [B, heads, L, C / heads])``."""
         xt = x.transpose(0, 1)  # [B, L, C]
         b, n, c = xt.shape
         heads = self.heads
@@ -181,28 +225,31 @@ class SurgeryCLIP(nn.Module):
             attn[:, :, 1:, 1:] = attn[:, :, 1:, 1:] + lvc
         attn = torch.sum(attn, dim=1, keepdim=True)
         out_ori = (attn_ori @ v).transpose(1, 2).reshape(b, n, c)
-        out_new = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        out_new = attn[:, 0] @ v.transpose(1, 2).reshape(b, n, c)  # one Sigma for every head: one product
         out_new = F.linear(out_new, block.attn.out_proj.weight, block.attn.out_proj.bias)
         out_ori = F.linear(out_ori, block.attn.out_proj.weight, block.attn.out_proj.bias)
-        return out_new.transpose(0, 1), out_ori.transpose(0, 1), torch.sum(attn_ori, dim=1)
+        return out_new.transpose(0, 1), out_ori.transpose(0, 1), torch.sum(attn_ori, dim=1), v
 
 
 def feature_surgery(image_features: torch.Tensor, text: torch.Tensor, classes: int) -> torch.Tensor:
     """The training-free patch-text CAM (spec 5.1): ``[B, N, classes]`` in [0, 1], detached.
+
+    ``s(i, t) = sum_d P[i, d] (w_t T[t, d] - mean_t' w_t' T[t', d])`` with ``w = p / mean(p)``,
+    ``p = softmax(2 P_cls T^T)``, then min-max over every token (CLS included; no epsilon, quirk).
+    The reference materialises the ``[B, L, T, D]`` products; the sum is taken here as two matrix
+    products, ``w_t (P T^T)[i, t] - (P m)[i]`` with ``m = mean_t w_t T_t`` (the same function; the
+    last bits follow the summation order, as the reference's own do with its kernel path).
 
     Args:
         image_features: ``[B, L, D]`` from :class:`SurgeryPass` (CLS first).
         text: ``[T, D]`` enriched text features, the classes' rows first.
         classes: how many leading rows are foreground classes.
     """
-    prob = image_features[:, :1, :] @ text.t()
+    prob = image_features[:, :1, :] @ text.t()  # [B, 1, T]
     prob = (prob * 2).softmax(-1)
     w = prob / prob.mean(-1, keepdim=True)
-    b, n_t, n_i, c = image_features.shape[0], text.shape[0], image_features.shape[1], image_features.shape[2]
-    feats = image_features.reshape(b, n_i, 1, c) * text.reshape(1, 1, n_t, c)
-    feats *= w.unsqueeze(-1)
-    feats = feats - feats.mean(2, keepdim=True)
-    similarity = feats.sum(-1)
+    centre = (w @ text) / text.shape[0]  # [B, 1, D]: mean over the texts of w_t T_t
+    similarity = (image_features @ text.t()) * w - image_features @ centre.transpose(1, 2)  # [B, L, T]
     low, high = similarity.min(1, keepdim=True)[0], similarity.max(1, keepdim=True)[0]
     maps = (similarity - low) / (high - low)  # over every token, CLS included; no epsilon (quirk)
     return maps.detach()[:, 1:, :classes]

@@ -143,7 +143,12 @@ def test_surgery_forward(golden):
     dynamic = _npz("forward/dynamic.npz")
     lvc = lvc_attention(fused.detach(), model.clip.heads)
     assert _max(lvc[0, 0], dynamic["ex_attn_img0"]) <= 1e-5
-    assert _max(model.dynamic_cams(images, fused), dynamic["attr_dynamic"]) <= 1e-4
+    full = model.clip(images, lvc)  # the reference's whole second forward
+    assert _max(full.image_features[0], dynamic["image_features_dynamic_img0"]) <= 1e-5
+    assert _max(model.cams(full), dynamic["attr_dynamic"]) <= 1e-4
+    quick = model.clip.calibrated(surgery, lvc[:, 0])  # clipes' incremental pass (the default)
+    assert _max(quick[0], dynamic["image_features_dynamic_img0"]) <= 1e-5
+    assert _max(model.dynamic_cams(images, fused, surgery), dynamic["attr_dynamic"]) <= 1e-4
 
 
 def test_guide():
