@@ -21,8 +21,12 @@
 #   make train-weclipplus DATASET=.. DATA_ROOT=.. SPLIT=.. CLIP=.. DINO=.. WORK=.. [GPUS=n] [ITERS=n] [BATCH=n]
 #   make predict-weclipplus CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [DINO=..] [SPLIT=..] [ARGS=--no-crf]
 #   make masks-weclipplus CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [DATASET=..] [CLIP=..] [DINO=..] [OUT=..]
+#   make train-excel DATA_ROOT=.. SPLIT=.. CLIP=.. ATTRIBUTES=.. WORK=.. [DATASET=..] [GPUS=n] [ITERS=n] [BATCH=n]
+#   make predict-excel CHECKPOINT=.. IMAGES=.. OUT=.. [CLIP=..] [SPLIT=..] [ARGS=--no-crf]
+#   make masks-excel CHECKPOINT=.. WORK=.. DATA_ROOT=.. SPLIT=.. [ATTRIBUTES=..] [CLIP=..] [OUT=..]
+#   make cams-excel DATA_ROOT=.. SPLIT=.. CLIP=.. ATTRIBUTES=.. WORK=.. [DATASET=..] [OUT=..]   training-free
 #   make bench-cams / bench-refine / bench-pipeline   speed of stages 1 and 2 (pipeline: the real commands)
-#   make bench-weclip / bench-weakclip / bench-weclipplus [DEVICE=cuda]   a training iteration by part, inference
+#   make bench-weclip / bench-weakclip / bench-weclipplus / bench-excel [DEVICE=cuda]   training iteration by part
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -39,9 +43,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Options forwarded only when set, so the library's defaults stay the single source of truth.
 opt = $(if $(strip $(2)),$(1) "$(2)")
 
-.PHONY: install test demo demo-model demo-dino viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip train-weclipplus predict-weclipplus masks-weclipplus bench-weclipplus bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
+.PHONY: install test demo demo-model demo-dino viz select-prompts prepare-voc prepare-coco cams refine eval train-seg test-seg predict train-weclip predict-weclip masks-weclip train-weakclip masks-weakclip train-weclipplus predict-weclipplus masks-weclipplus train-excel predict-excel masks-excel cams-excel bench-weclipplus bench-excel bench-cams bench-refine bench-pipeline bench-weclip bench-weakclip clean-demo help
 help:
-	@sed -n '2,26p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,30p' Makefile | sed 's/^# \{0,1\}//'
 
 install: $(STAMP)
 $(STAMP): requirements/base.txt requirements/torch-cpu.txt setup.cfg pyproject.toml
@@ -170,6 +174,29 @@ masks-weclipplus: install
 	  $(call opt,--clip,$(CLIP)) $(call opt,--dino,$(DINO)) $(call opt,--labels,$(LABELS)) $(WECLIP_MODEL) \
 	  $(call opt,--device,$(DEVICE)) $(ARGS)
 
+# ExCEL (docs/excel.md): ATTRIBUTES=<the ExCEL repository's *_embedding_bank.pth, or a descriptor JSON>.
+EXCEL_MODEL = $(WECLIP_MODEL) $(call opt,--attributes,$(ATTRIBUTES))
+train-excel: install
+	$(SEG_RUN) train-excel $(EXCEL_MODEL) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--clip,$(CLIP)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) $(call opt,--labels,$(LABELS)) \
+	  $(call opt,--iters,$(ITERS)) $(call opt,--batch,$(BATCH)) $(call opt,--jobs,$(JOBS)) \
+	  $(call opt,--crop-rule,$(CROP_RULE)) $(call opt,--masks-dir,$(MASKS_DIR)) $(SEG_LAUNCHER) $(SEG_OPTIONS) $(ARGS)
+
+predict-excel: install
+	$(CLIPES) predict-excel $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--images,$(IMAGES)) \
+	  $(call opt,--out,$(OUT)) $(call opt,--work,$(WORK)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--device,$(DEVICE)) $(call opt,--jobs,$(JOBS)) $(ARGS)
+
+masks-excel: install
+	$(CLIPES) masks-excel $(call opt,--checkpoint,$(CHECKPOINT)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) \
+	  $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) $(call opt,--clip,$(CLIP)) \
+	  $(call opt,--labels,$(LABELS)) $(EXCEL_MODEL) $(call opt,--device,$(DEVICE)) $(ARGS)
+
+cams-excel: install
+	$(CLIPES) cams-excel $(EXCEL_MODEL) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--split,$(SPLIT)) \
+	  $(call opt,--clip,$(CLIP)) $(call opt,--work,$(WORK)) $(call opt,--out,$(OUT)) $(call opt,--labels,$(LABELS)) \
+	  $(call opt,--device,$(DEVICE)) $(ARGS)
+
 viz: install
 	$(CLIPES) viz $(call opt,--work,$(WORK)) $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--gt-dir,$(GT_DIR)) \
 	  $(call opt,--n,$(N)) $(ARGS)
@@ -199,6 +226,9 @@ bench-weakclip: install
 
 bench-weclipplus: install
 	$(BIN)/python benchmarks/bench_weclipplus.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
+
+bench-excel: install
+	$(BIN)/python benchmarks/bench_excel.py $(call opt,--device,$(DEVICE)) $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_WORK)
