@@ -287,10 +287,11 @@ def test_an_option_given_overrides_only_itself(trained, tmp_path):
     assert loaded.classes == ["cat", "dog", "bird"] and loaded.options.box_threshold == 0.5
     assert loaded.options.dataset == "custom" and loaded.options.late_blocks == 6
     # an explicit DATASET equal to the default still counts as given (coco14's defaults follow it)
-    from stages.weclip import _infer_options
+    from stages.method_flags import pop_model
+    from stages.weclip import MODEL_KEYS
 
-    opts = _infer_options({"checkpoint": tmp_path / "three.pth", "dataset": "voc12", "box_threshold": None})
-    assert opts.model == {"dataset": "voc12"}
+    flags = {"checkpoint": tmp_path / "three.pth", "dataset": "voc12", "box_threshold": None}
+    assert pop_model(flags, MODEL_KEYS) == {"dataset": "voc12"} and list(flags) == ["checkpoint"]
     _, _, work, _ = trained
     result = clipes("masks-weclip", "--checkpoint", work / "weclip" / "iter_4.pth", "--data-root", trained[0],
                     "--split", trained[1], "--out", tmp_path / "m", "--box-threshold", "0.5", "--no-progress")
