@@ -31,10 +31,11 @@ TINY_CONFIG = _REPO / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-
 @click.option("--weclip-iters", type=int, help="WeCLIP decoder iterations [50]; 0 skips the WeCLIP row.")
 @click.option("--weclipplus-iters", type=int, help="WeCLIP+ iterations [50]; 0 skips the WeCLIP+ row.")
 @click.option("--weakclip-iters", type=int, help="WeakCLIP iterations [200]; 0 skips the WeakCLIP row.")
+@click.option("--excel-iters", type=int, help="ExCEL iterations [50]; 0 skips both ExCEL rows.")
 @click.option("--jobs", type=int, help="CRF worker processes [2].")
 @click.option("--progress/--no-progress", default=None, help="Progress bars [on].")
 def demo(work, clip, dino, seg_config, **options):
-    """Run cams -> refine -> train-seg -> predict -> eval -> viz, then WeCLIP, WeCLIP+ and WeakCLIP, on the demo set."""
+    """Run cams -> refine -> train-seg -> predict -> eval -> viz, then WeCLIP, WeCLIP+, WeakCLIP and ExCEL, on the demo set."""
     from clipes.demo.pipeline import DemoOptions, run_demo
 
     run_demo(DemoOptions(work=work, clip=clip or DEMO_CLIP, dino=dino or DEMO_DINO,

@@ -70,6 +70,12 @@ class DemoOptions:
             At 150 iterations the triangles are not learnt yet (0 IoU; 82.8 at 200).
         weakclip_ratios: WeakCLIP's test-time view ratios in the demo: the original scale, flipped
             and not (the release's six ratios cost 6x as much on 2 cores).
+        excel_iters: ExCEL decoder iterations on the train split (0: no ExCEL rows), with WeCLIP's
+            demo warm-up and width and the reference's learning rate (1e-3); its phase points are
+            the reference's scaled to the run. Its attribute bank is clustered from
+            ``prompts/demo_descriptors.json`` (clipes' own sentences for the demo classes) with the
+            demo CLIP. The training-free row (``cams-excel`` on the val split) needs no training.
+        excel_clusters: the bank's K_a for the 30 demo sentences (the reference's VOC 112 is for 400).
         jobs: CRF worker processes.
         progress: progress bars.
     """
@@ -92,6 +98,8 @@ class DemoOptions:
     weclipplus_long_side: int = 320
     weakclip_iters: int = 200
     weakclip_ratios: tuple[float, ...] = (1.0,)
+    excel_iters: int = 50
+    excel_clusters: int = 12
     jobs: int = 2
     progress: bool = True
 
@@ -156,6 +164,9 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
         methods["weclipplus"] = timed("weclipplus", lambda: run_weclip_plus(opts, data, echo))
     if opts.weakclip_iters:
         methods["weakclip"] = timed("weakclip", lambda: run_weakclip(opts, data, echo))
+    if opts.excel_iters:
+        methods["excel"] = timed("excel", lambda: run_excel(opts, data, echo))
+        methods["excel-free"] = timed("excel-free", lambda: run_excel_free(opts, data, echo))
     if methods:
         report["methods"] = methods
         scores = work / "eval.json"  # eval.json carries the other methods' rows too
@@ -268,6 +279,64 @@ def run_weakclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = pr
             "checkpoint": str(checkpoint)}
 
 
+def _excel_model(opts: DemoOptions):
+    from clipes.excel.options import ModelOptions
+
+    return ModelOptions(dataset="voc12", class_file=builtin_path("demo_classes.tsv"),
+                        background_file=builtin_path("demo_background.txt"),
+                        attributes=builtin_path("demo_descriptors.json"), clusters=opts.excel_clusters,
+                        width=opts.weclip_width)
+
+
+def run_excel(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
+    """ExCEL on the demo: its decoder trained on the train split (training-free CAMs refined online),
+    its predictions on the held-out val split, into ``<work>/methods/excel``.
+
+    Returns:
+        ``{"miou": ..., "iters": ..., "checkpoint": ...}``.
+    """
+    from clipes.excel.options import TrainOptions
+    from clipes.excel.runner import InferOptions, run_predict
+    from clipes.mmseg_ext.excel import run_train
+    from clipes.mmseg_ext.runner import last_checkpoint
+
+    work = Path(opts.work).expanduser() / maskstore.METHODS_DIR / "excel"
+    splits = data / "ImageSets" / "Segmentation"
+    out = run_train(TrainOptions(data_root=data, split=splits / "train.txt", clip=str(opts.clip), work=work,
+                                 model=_excel_model(opts), iters=opts.excel_iters, warmup_iters=opts.weclip_warmup,
+                                 jobs=1, progress=opts.progress), echo=echo)
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        raise UserError(f"the ExCEL run in {out} left no last_checkpoint")
+    summary = run_predict(InferOptions(checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
+                                       work=work, progress=opts.progress), echo=echo)
+    if summary.failed:
+        raise UserError(f"demo: predict-excel failed on {summary.failed} images")
+    scores = run_eval(EvalOptions(work=work, split=splits / "val.txt", data_root=data), echo=lambda _: None)
+    return {"miou": scores["stages"][maskstore.PREDICTIONS_STAGE]["miou"], "iters": opts.excel_iters,
+            "checkpoint": str(checkpoint)}
+
+
+def run_excel_free(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
+    """ExCEL's training-free labels of the val split (``cams-excel``: one forward per image, no
+    training), into ``<work>/methods/excel-free`` (``cams/``, ``masks/``).
+
+    Returns:
+        ``{"miou": ..., "title": ...}``.
+    """
+    from clipes.excel.runner import CamOptions, run_cams
+
+    work = Path(opts.work).expanduser() / maskstore.METHODS_DIR / "excel-free"
+    splits = data / "ImageSets" / "Segmentation"
+    summary = run_cams(CamOptions(data_root=data, split=splits / "val.txt", clip=str(opts.clip), work=work,
+                                  model=_excel_model(opts), progress=opts.progress), echo=echo)
+    if summary.failed:
+        raise UserError(f"demo: cams-excel failed on {summary.failed} images")
+    scores = run_eval(EvalOptions(work=work, split=splits / "val.txt", data_root=data), echo=lambda _: None)
+    return {"miou": scores["stages"][maskstore.MASKS_STAGE]["with_ignored"]["miou"],
+            "title": "ExCEL training-free labels"}
+
+
 def stage_miou(report: dict, stage: str) -> float | None:
     """The headline mIoU (0..1) of one stage in an eval report (masks: 255 pixels counted as misses)."""
     data = report["stages"].get(stage)
@@ -292,7 +361,7 @@ def summary_table(report: dict) -> list[str]:
                          f"coverage {pct(data['with_ignored']['coverage']).strip()}%)")
             lines.append(f"  {title:<34}{pct(stage_miou(report, stage))}{extra}")
     for name, data in (report.get("methods") or {}).items():
-        title = f"{maskstore.METHOD_TITLES.get(name, name)} ({data.get('iters')} iterations)"
+        title = data.get("title") or f"{maskstore.METHOD_TITLES.get(name, name)} ({data.get('iters')} iterations)"
         lines.append(f"  {title:<34}{pct(data.get('miou'))}")
     baseline = report.get("baseline") or {}
     lines.append(f"  {'baseline: ' + str(baseline.get('class')) + ' everywhere':<34}{pct(baseline.get('miou'))}")

@@ -27,7 +27,8 @@ LABELS_STAGE = "labels"
 PREDICTIONS_STAGE = "predictions"  # a trained segmenter's labels (clipes predict), MASKS_FORMAT without 255
 GROUND_TRUTH_STAGE = "ground_truth"  # SegmentationClass(Aug) written by prepare-voc / prepare-coco, MASKS_FORMAT
 METHODS_DIR = "methods"  # <WORK>/methods/<name>/: the work folder of another method (weclip, weakclip) beside CLIP-ES
-METHOD_TITLES = {"weclip": "WeCLIP", "weakclip": "WeakCLIP", "weclipplus": "WeCLIP+", "excel": "ExCEL"}  # how tables and panels name a method
+METHOD_TITLES = {"weclip": "WeCLIP", "weakclip": "WeakCLIP", "weclipplus": "WeCLIP+", "excel": "ExCEL",
+                 "excel-free": "ExCEL training-free"}  # how tables and panels name a method
 PNG_STAGES = (MASKS_STAGE, CONFIDENCE_STAGE, LABELS_STAGE)  # an image is refined when all three exist
 IGNORE = 255
 SUFFIX = ".png"
