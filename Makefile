@@ -60,14 +60,17 @@ endif
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# Test-only packages (transformers, for the Hugging Face equality tests) go into the same venv.
+# Test-only packages (transformers for the Hugging Face equality tests, pytest-xdist) go into the same venv.
 TEST_STAMP := $(VENV)/.clipes-test-installed
 $(TEST_STAMP): $(STAMP) requirements/test.txt
 	$(PIP) install -q -r requirements/test.txt
 	@touch $(TEST_STAMP)
 
+# Two pytest workers, a test file each at a time, in file order (the long demo test first); the
+# command tests' clipes processes then run on one thread each (tests/conftest.py).
+TEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: install $(TEST_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 DEMO_WORK ?= work/demo
 demo: install

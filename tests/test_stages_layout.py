@@ -33,3 +33,12 @@ def test_runners_take_shared_pieces_from_runs_not_from_each_other():
         assert not any(m.startswith("clipes.clip_es.cam_runner") for m in imported), name
     imported = _imported_modules(ROOT / "clipes" / "clip_es" / "refine_runner.py")
     assert {"clipes.runs.RunSummary", "clipes.runs.progress_bar", "clipes.runs.resolve_device"} <= imported
+
+
+def test_one_stage_methods_take_their_shared_flags_from_one_module():
+    """train-/predict-/masks- of WeCLIP, WeCLIP+ and ExCEL declare only their own flags."""
+    for name in ("weclip.py", "weclip_plus.py", "excel.py"):
+        imported = _imported_modules(ROOT / "stages" / name)
+        assert {"stages.method_flags.TRAIN_RUN_FLAGS", "stages.method_flags.PREDICT_FLAGS",
+                "stages.method_flags.MASKS_FLAGS", "stages.method_flags.infer"} <= imported, name
+        assert "--checkpoint-interval" not in (ROOT / "stages" / name).read_text(), name

@@ -17,7 +17,7 @@ from PIL import Image
 
 from clipes.store import maskstore
 
-from helpers import assert_same_checkpoint, clipes, kill_and_resume, run_and_kill
+from helpers import assert_same_checkpoint, clipes, run_and_kill
 from seg_helpers import make_seg_set
 
 TINY = Path(__file__).parents[2] / "segmenter_configs" / "deeplabv2_r18-tiny_1xb8-300_pseudo-64x64.py"
@@ -125,29 +125,25 @@ def test_test_seg_and_predict(seg_set, hard_run, tmp_path):
     assert "failed not_there: image not found" in some.stdout
 
 
-def test_resume_after_a_kill_continues_from_the_saved_iteration(seg_set, tmp_path):
-    _, work = seg_set
-    out = tmp_path / "resumed"
-    run_and_kill(train_args(work, out, 60), out, "last_checkpoint", count=1)
-    assert (out / "iter_20.pth").is_file() and not (out / "iter_60.pth").exists()
-    (out / "iter_40.pth").write_bytes(b"half-written")  # as a kill during the next save would leave it
-    result = clipes(*train_args(work, out, 60))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stdout and "removed 1 unfinished checkpoint" in result.stdout
-    logs = sorted(out.glob("*/*.log"), key=lambda p: p.stat().st_mtime)
-    assert len(logs) == 2 and "resumed epoch: 0, iter: 20" in logs[-1].read_text()  # mmengine's line, in its log
-    assert "20/60 [" in result.stderr  # the progress bar starts where the run stopped
-    assert torch.load(out / "iter_60.pth", weights_only=True)["meta"]["iter"] == 60
-
-
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(seg_set, tmp_path):
-    """Data order, augmentation, dropout: the resumed run's final checkpoint is the uninterrupted one's, bit for bit."""
+    """Data order, augmentation, dropout: the resumed run's final checkpoint is the uninterrupted one's, bit for bit;
+    it resumes from the saved iteration and removes a checkpoint the kill left half-written."""
     _, work = seg_set
     args = lambda out: train_args(work, out, 30, "--option", "default_hooks.checkpoint.interval=10")  # noqa: E731
     whole = clipes(*args(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    kill_and_resume(args(tmp_path / "resumed"), tmp_path / "resumed", "iter_10.pth", "iter_30.pth")
-    assert_same_checkpoint(tmp_path / "whole" / "iter_30.pth", tmp_path / "resumed" / "iter_30.pth")
+    out = tmp_path / "resumed"
+    run_and_kill(args(out), out, "last_checkpoint", count=1)
+    assert (out / "iter_10.pth").is_file() and not (out / "iter_30.pth").exists()
+    (out / "iter_20.pth").write_bytes(b"half-written")  # as a kill during the next save would leave it
+    result = clipes(*args(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout and "removed 1 unfinished checkpoint" in result.stdout
+    logs = sorted(out.glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+    assert len(logs) == 2 and "resumed epoch: 0, iter: 10" in logs[-1].read_text()  # mmengine's line, in its log
+    assert "10/30 [" in result.stderr  # the progress bar starts where the run stopped
+    assert torch.load(out / "iter_30.pth", weights_only=True)["meta"]["iter"] == 30
+    assert_same_checkpoint(tmp_path / "whole" / "iter_30.pth", out / "iter_30.pth")
 
 
 def test_two_process_gloo_run(seg_set, tmp_path):
