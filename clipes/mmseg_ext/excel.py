@@ -28,7 +28,7 @@ from clipes.excel.data import CROP_RULES, TrainSet
 from clipes.excel.decoder import excel_decoder
 from clipes.excel.model import build_excel
 from clipes.excel.options import STAGE, ModelOptions, TrainOptions
-from clipes.weclip import schedule as weclip_schedule
+from clipes.mmseg_ext.weclip import decoder_run_config
 from clipes.weclip.data import batch_classes, write_samples
 from clipes.weclip.options import prompt_lists, training_samples
 
@@ -107,8 +107,6 @@ def _crop_masks(opts: TrainOptions, rule: str) -> Path | None:
 def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     """The mmengine config of an ExCEL run, after every check; writes only the bank cache, the sample
     list and the manifest."""
-    from mmengine.config import Config
-
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
     from clipes.mmseg_ext.runner import begin_training, launch_and_resume
     from clipes.store import manifest
@@ -169,38 +167,14 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
                                      "training": training})
     begin_training(out, STAGE, header, identity, failures, echo)
     samples_file = write_samples(out / "train_samples.json", samples)
-    interval = opts.checkpoint_interval or min(2000, iters)
-    cfg = Config(dict(
-        default_scope="mmseg",
+    cfg = decoder_run_config(
         model=dict(type="ExCELModel", clip=str(clip_path), bank=str(bank_file), model=model_opts.plain(),
                    crop=opts.crop, dynamic_from=opts.resolved_dynamic(),
                    self_affinity_from=opts.resolved_self_affinity(), aff_weight=opts.aff_weight),
-        train_dataloader=dict(
-            batch_size=opts.batch_size, num_workers=opts.jobs, persistent_workers=opts.jobs > 0,
-            sampler=dict(type="InfiniteSampler", shuffle=True), collate_fn=dict(type="default_collate"),
-            dataset=dict(type="ExCELTrainSet", samples=str(samples_file), num_classes=len(classes.names),
-                         masks=None if masks is None else str(masks), crop=opts.crop)),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
-            type="AdamW", lr=opts.lr, betas=weclip_schedule.BETAS, eps=weclip_schedule.EPS,
-            weight_decay=opts.weight_decay)),
-        param_scheduler=[dict(type="WeCLIPPolyWarmupLR", max_iters=iters, warmup=opts.resolved_warmup(),
-                              by_epoch=False)],
-        default_hooks=dict(
-            timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-            param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
-                            save_last=True),
-            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="MethodMetaHook", key=STAGE, info=info),
-                      dict(type="PlainCheckpointHook")] + (
-            [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc="train-excel")]),
-        log_processor=dict(by_epoch=False),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        randomness=dict(seed=opts.seed),
-        log_level="INFO",
-        work_dir=str(out),
-    ))
+        dataset=dict(type="ExCELTrainSet", samples=str(samples_file), num_classes=len(classes.names),
+                     masks=None if masks is None else str(masks), crop=opts.crop),
+        opts=opts, iters=iters, warmup=opts.resolved_warmup(), batch_size=opts.batch_size, stage=STAGE, info=info,
+        command="train-excel", out=out)
     launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-excel", echo)
     cfg.merge_from_dict(opts.options)
     skipped = f", {len(failures)} skipped" if failures else ""

@@ -110,10 +110,60 @@ class WeCLIPPhaseHook(Hook):
         model.iteration = runner.iter
 
 
-def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
-    """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
+def decoder_run_config(*, model: dict, dataset: dict, opts, iters: int, warmup: int, batch_size: int, stage: str,
+                       info: dict, command: str, out: Path):
+    """The mmengine config that WeCLIP, WeCLIP+ and ExCEL train their decoders with.
+
+    An infinite shuffled sampler, AdamW at ``opts.lr`` with the reference's betas and eps, the
+    reference's warm-up + poly schedule, checkpoints every ``opts.checkpoint_interval`` (at most
+    2,000) without the frozen backbones, the method's meta in every checkpoint, a progress bar.
+
+    Args:
+        model: the registered model's config (its ``type`` and arguments).
+        dataset: the registered training set's config.
+        opts: the method's training options (``lr``, ``weight_decay``, ``jobs``, ``seed``,
+            ``checkpoint_interval``, ``verbose``, ``progress``).
+        iters: iterations of the run.
+        warmup: warm-up iterations.
+        batch_size: images per iteration per process.
+        stage: the method's key in checkpoint meta (its work-folder name).
+        info: what checkpoints record of the run (backbones' hashes, classes, decoder shape).
+        command: the command's name, for the progress bar.
+        out: the run's folder.
+    """
     from mmengine.config import Config
 
+    interval = opts.checkpoint_interval or min(2000, iters)
+    return Config(dict(
+        default_scope="mmseg",
+        model=model,
+        train_dataloader=dict(
+            batch_size=batch_size, num_workers=opts.jobs, persistent_workers=opts.jobs > 0,
+            sampler=dict(type="InfiniteSampler", shuffle=True), collate_fn=dict(type="default_collate"),
+            dataset=dataset),
+        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
+        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
+            type="AdamW", lr=opts.lr, betas=schedule.BETAS, eps=schedule.EPS, weight_decay=opts.weight_decay)),
+        param_scheduler=[dict(type="WeCLIPPolyWarmupLR", max_iters=iters, warmup=warmup, by_epoch=False)],
+        default_hooks=dict(
+            timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
+            param_scheduler=dict(type="ParamSchedulerHook"),
+            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
+                            save_last=True),
+            sampler_seed=dict(type="DistSamplerSeedHook")),
+        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="MethodMetaHook", key=stage, info=info),
+                      dict(type="PlainCheckpointHook")] + (
+            [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc=command)]),
+        log_processor=dict(by_epoch=False),
+        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
+        randomness=dict(seed=opts.seed),
+        log_level="INFO",
+        work_dir=str(out),
+    ))
+
+
+def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
+    """The mmengine config of a WeCLIP run, after every check; writes only the sample list and manifest."""
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
     from clipes.mmseg_ext.runner import begin_training, launch_and_resume
     from clipes.store.fsutil import file_sha256
@@ -147,35 +197,12 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     identity = manifest.identity_of({k: header[k] for k in ("clip_sha256", "classes", "model", "training")})
     begin_training(out, STAGE, header, identity, failures, echo)
     samples_file = write_samples(out / "train_samples.json", samples)
-    interval = opts.checkpoint_interval or min(2000, iters)
-    cfg = Config(dict(
-        default_scope="mmseg",
+    cfg = decoder_run_config(
         model=dict(type="WeCLIPModel", clip=str(clip_path), model=model_opts.plain(),
                    switch_iter=opts.resolved_switch(), aff_weight=opts.aff_weight),
-        train_dataloader=dict(
-            batch_size=opts.batch_size, num_workers=opts.jobs, persistent_workers=opts.jobs > 0,
-            sampler=dict(type="InfiniteSampler", shuffle=True), collate_fn=dict(type="default_collate"),
-            dataset=dict(type="WeCLIPTrainSet", samples=str(samples_file), num_classes=len(classes.names),
-                         crop=opts.crop)),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
-            type="AdamW", lr=opts.lr, betas=schedule.BETAS, eps=schedule.EPS, weight_decay=opts.weight_decay)),
-        param_scheduler=[dict(type="WeCLIPPolyWarmupLR", max_iters=iters, warmup=opts.warmup_iters, by_epoch=False)],
-        default_hooks=dict(
-            timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-            param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
-                            save_last=True),
-            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="MethodMetaHook", key="weclip", info=info),
-                      dict(type="PlainCheckpointHook")] + (
-            [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc="train-weclip")]),
-        log_processor=dict(by_epoch=False),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        randomness=dict(seed=opts.seed),
-        log_level="INFO",
-        work_dir=str(out),
-    ))
+        dataset=dict(type="WeCLIPTrainSet", samples=str(samples_file), num_classes=len(classes.names), crop=opts.crop),
+        opts=opts, iters=iters, warmup=opts.warmup_iters, batch_size=opts.batch_size, stage="weclip", info=info,
+        command="train-weclip", out=out)
     launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-weclip", echo)
     cfg.merge_from_dict(opts.options)
     skipped = f", {len(failures)} skipped" if failures else ""

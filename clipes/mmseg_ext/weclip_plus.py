@@ -24,7 +24,7 @@ from mmseg.registry import MODELS
 from clipes.backbones.clip_loader import load_clip
 from clipes.backbones.dinov2 import load_dino
 from clipes.errors import UserError
-from clipes.weclip import schedule as weclip_schedule
+from clipes.mmseg_ext.weclip import decoder_run_config
 from clipes.weclip.data import batch_classes, write_samples
 from clipes.weclip.options import prompt_lists, training_samples
 from clipes.weclip_plus.decoder import WeCLIPPlusDecoder
@@ -82,8 +82,6 @@ class WeCLIPPlusModel(BaseModel):
 
 def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
     """The mmengine config of a WeCLIP+ run, after every check; writes only the sample list and manifest."""
-    from mmengine.config import Config
-
     from clipes.backbones.clip_loader import architecture, check_clip_state_dict, read_state_dict, resolve_checkpoint
     from clipes.backbones.dinov2 import config_dict
     from clipes.mmseg_ext.runner import begin_training, launch_and_resume
@@ -129,37 +127,14 @@ def train_config(opts: TrainOptions, echo: Callable[[str], None] = print):
                                                             "training")})
     begin_training(out, STAGE, header, identity, failures, echo)
     samples_file = write_samples(out / "train_samples.json", samples)
-    interval = opts.checkpoint_interval or min(2000, iters)
-    cfg = Config(dict(
-        default_scope="mmseg",
+    cfg = decoder_run_config(
         model=dict(type="WeCLIPPlusModel", clip=str(clip_path), dino=str(dino.path), model=model_opts.plain(),
                    override_after=opts.resolved_override(), aff_weight=opts.aff_weight,
                    cross_weight=opts.cross_weight, dice_weight=opts.dice_weight),
-        train_dataloader=dict(
-            batch_size=batch, num_workers=opts.jobs, persistent_workers=opts.jobs > 0,
-            sampler=dict(type="InfiniteSampler", shuffle=True), collate_fn=dict(type="default_collate"),
-            dataset=dict(type="WeCLIPTrainSet", samples=str(samples_file), num_classes=len(classes.names),
-                         crop=opts.crop, ordered=True)),
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(
-            type="AdamW", lr=opts.lr, betas=weclip_schedule.BETAS, eps=weclip_schedule.EPS,
-            weight_decay=opts.weight_decay)),
-        param_scheduler=[dict(type="WeCLIPPolyWarmupLR", max_iters=iters, warmup=opts.warmup_iters, by_epoch=False)],
-        default_hooks=dict(
-            timer=dict(type="IterTimerHook"), logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-            param_scheduler=dict(type="ParamSchedulerHook"),
-            checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=interval, max_keep_ckpts=3,
-                            save_last=True),
-            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[dict(type="WeCLIPPhaseHook"), dict(type="MethodMetaHook", key=STAGE, info=info),
-                      dict(type="PlainCheckpointHook")] + (
-            [] if opts.verbose else [dict(type="ProgressHook", enabled=opts.progress, desc="train-weclipplus")]),
-        log_processor=dict(by_epoch=False),
-        env_cfg=dict(cudnn_benchmark=False, dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        randomness=dict(seed=opts.seed),
-        log_level="INFO",
-        work_dir=str(out),
-    ))
+        dataset=dict(type="WeCLIPTrainSet", samples=str(samples_file), num_classes=len(classes.names), crop=opts.crop,
+                     ordered=True),
+        opts=opts, iters=iters, warmup=opts.warmup_iters, batch_size=batch, stage=STAGE, info=info,
+        command="train-weclipplus", out=out)
     launch_and_resume(cfg, out, opts.launcher, opts.resume, "train-weclipplus", echo)
     cfg.merge_from_dict(opts.options)
     skipped = f", {len(failures)} skipped" if failures else ""
