@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from clipes.weclip.losses import IGNORE, split_halves
 
 
 def _counted_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -28,9 +28,6 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     Returns:
         ``(loss, bg_ce, fg_ce)``.
     """
-    bg = labels.clone()
-    bg[labels != 0] = IGNORE
-    fg = labels.clone()
-    fg[labels == 0] = IGNORE
+    bg, fg = split_halves(labels)  # the halves as WeCLIP's; only the mean differs
     bg_ce, fg_ce = _counted_ce(logits, bg), _counted_ce(logits, fg)
     return (bg_ce + fg_ce) * 0.5, bg_ce, fg_ce

@@ -31,12 +31,25 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     Returns:
         ``(loss, bg_ce, fg_ce)``.
     """
+    bg, fg = split_halves(labels)
+    bg_ce, fg_ce = _mean_ce(logits, bg), _mean_ce(logits, fg)
+    return (bg_ce + fg_ce) * 0.5, bg_ce, fg_ce
+
+
+def split_halves(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The background and foreground halves of a label map for the split segmentation loss.
+
+    Args:
+        labels: ``[B, H, W]`` int64 (0 background, >0 classes, 255 ignored).
+
+    Returns:
+        ``(bg, fg)``, each ``[B, H, W]``: ``labels`` with the other half's pixels set to 255.
+    """
     bg = labels.clone()
     bg[labels != 0] = IGNORE
     fg = labels.clone()
     fg[labels == 0] = IGNORE
-    bg_ce, fg_ce = _mean_ce(logits, bg), _mean_ce(logits, fg)
-    return (bg_ce + fg_ce) * 0.5, bg_ce, fg_ce
+    return bg, fg
 
 
 def radius_mask(h: int, w: int, radius: int = 8) -> torch.Tensor:
