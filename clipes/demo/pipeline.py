@@ -178,6 +178,28 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict:
     return report
 
 
+def _predict_and_score(title: str, command: str, out: Path, work: Path, data: Path, iters: int,
+                       predict: Callable[[Path], object]) -> dict:
+    """After a one-stage method's demo training run in ``out``: ``predict(checkpoint)`` of its last
+    checkpoint on the val split into ``work``, scored there.
+
+    Returns:
+        ``{"miou": ..., "iters": ..., "checkpoint": ...}``.
+    """
+    from clipes.mmseg_ext.runner import last_checkpoint
+
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        raise UserError(f"the {title} run in {out} left no last_checkpoint")
+    summary = predict(checkpoint)
+    if summary.failed:
+        raise UserError(f"demo: {command} failed on {summary.failed} images")
+    val = data / "ImageSets" / "Segmentation" / "val.txt"
+    scores = run_eval(EvalOptions(work=work, split=val, data_root=data), echo=lambda _: None)
+    return {"miou": scores["stages"][maskstore.PREDICTIONS_STAGE]["miou"], "iters": iters,
+            "checkpoint": str(checkpoint)}
+
+
 def run_weclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
     """WeCLIP on the demo: its decoder trained on the train split (online RFM pseudo labels from
     the demo CLIP), its predictions on the held-out val split scored like the CLIP-ES rows.
@@ -188,7 +210,6 @@ def run_weclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = prin
     Returns:
         ``{"miou": ..., "iters": ..., "checkpoint": ...}``.
     """
-    from clipes.mmseg_ext.runner import last_checkpoint
     from clipes.mmseg_ext.weclip import run_train
     from clipes.weclip.options import ModelOptions, TrainOptions
     from clipes.weclip.runner import InferOptions, run_predict
@@ -200,16 +221,10 @@ def run_weclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = prin
     out = run_train(TrainOptions(data_root=data, split=splits / "train.txt", clip=str(opts.clip), work=work,
                                  model=model, iters=opts.weclip_iters, warmup_iters=opts.weclip_warmup, jobs=1,
                                  progress=opts.progress), echo=echo)
-    checkpoint = last_checkpoint(out)
-    if checkpoint is None:
-        raise UserError(f"the WeCLIP run in {out} left no last_checkpoint")
-    summary = run_predict(InferOptions(checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
-                                       work=work, progress=opts.progress), echo=echo)
-    if summary.failed:
-        raise UserError(f"demo: predict-weclip failed on {summary.failed} images")
-    scores = run_eval(EvalOptions(work=work, split=splits / "val.txt", data_root=data), echo=lambda _: None)
-    return {"miou": scores["stages"][maskstore.PREDICTIONS_STAGE]["miou"], "iters": opts.weclip_iters,
-            "checkpoint": str(checkpoint)}
+    return _predict_and_score("WeCLIP", "predict-weclip", out, work, data, opts.weclip_iters,
+                              lambda checkpoint: run_predict(InferOptions(
+                                  checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
+                                  work=work, progress=opts.progress), echo=echo))
 
 
 def run_weclip_plus(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
@@ -219,7 +234,6 @@ def run_weclip_plus(opts: DemoOptions, data: Path, echo: Callable[[str], None] =
     Returns:
         ``{"miou": ..., "iters": ..., "checkpoint": ..., "dino": ...}``.
     """
-    from clipes.mmseg_ext.runner import last_checkpoint
     from clipes.mmseg_ext.weclip_plus import run_train
     from clipes.weclip_plus.options import ModelOptions, TrainOptions
     from clipes.weclip_plus.runner import InferOptions, run_predict
@@ -231,17 +245,11 @@ def run_weclip_plus(opts: DemoOptions, data: Path, echo: Callable[[str], None] =
     out = run_train(TrainOptions(data_root=data, split=splits / "train.txt", clip=str(opts.clip), dino=str(opts.dino),
                                  work=work, model=model, iters=opts.weclipplus_iters, warmup_iters=opts.weclip_warmup,
                                  lr=opts.weclipplus_lr, jobs=1, progress=opts.progress), echo=echo)
-    checkpoint = last_checkpoint(out)
-    if checkpoint is None:
-        raise UserError(f"the WeCLIP+ run in {out} left no last_checkpoint")
-    summary = run_predict(InferOptions(checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
-                                       work=work, long_side=opts.weclipplus_long_side, progress=opts.progress),
-                          echo=echo)
-    if summary.failed:
-        raise UserError(f"demo: predict-weclipplus failed on {summary.failed} images")
-    scores = run_eval(EvalOptions(work=work, split=splits / "val.txt", data_root=data), echo=lambda _: None)
-    return {"miou": scores["stages"][maskstore.PREDICTIONS_STAGE]["miou"], "iters": opts.weclipplus_iters,
-            "checkpoint": str(checkpoint), "dino": str(opts.dino)}
+    row = _predict_and_score("WeCLIP+", "predict-weclipplus", out, work, data, opts.weclipplus_iters,
+                             lambda checkpoint: run_predict(InferOptions(
+                                 checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
+                                 work=work, long_side=opts.weclipplus_long_side, progress=opts.progress), echo=echo))
+    return {**row, "dino": str(opts.dino)}
 
 
 def run_weakclip(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
@@ -298,23 +306,16 @@ def run_excel(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print
     from clipes.excel.options import TrainOptions
     from clipes.excel.runner import InferOptions, run_predict
     from clipes.mmseg_ext.excel import run_train
-    from clipes.mmseg_ext.runner import last_checkpoint
 
     work = Path(opts.work).expanduser() / maskstore.METHODS_DIR / "excel"
     splits = data / "ImageSets" / "Segmentation"
     out = run_train(TrainOptions(data_root=data, split=splits / "train.txt", clip=str(opts.clip), work=work,
                                  model=_excel_model(opts), iters=opts.excel_iters, warmup_iters=opts.weclip_warmup,
                                  jobs=1, progress=opts.progress), echo=echo)
-    checkpoint = last_checkpoint(out)
-    if checkpoint is None:
-        raise UserError(f"the ExCEL run in {out} left no last_checkpoint")
-    summary = run_predict(InferOptions(checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
-                                       work=work, progress=opts.progress), echo=echo)
-    if summary.failed:
-        raise UserError(f"demo: predict-excel failed on {summary.failed} images")
-    scores = run_eval(EvalOptions(work=work, split=splits / "val.txt", data_root=data), echo=lambda _: None)
-    return {"miou": scores["stages"][maskstore.PREDICTIONS_STAGE]["miou"], "iters": opts.excel_iters,
-            "checkpoint": str(checkpoint)}
+    return _predict_and_score("ExCEL", "predict-excel", out, work, data, opts.excel_iters,
+                              lambda checkpoint: run_predict(InferOptions(
+                                  checkpoint=checkpoint, images=data / "JPEGImages", split=splits / "val.txt",
+                                  work=work, progress=opts.progress), echo=echo))
 
 
 def run_excel_free(opts: DemoOptions, data: Path, echo: Callable[[str], None] = print) -> dict:
